@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import argparse
+
+from rlvr.cli import command, not_implemented
+
+
+@command("train")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Train a policy with GRPO/DAPO on verifiable rewards.
+
+    Options come from a YAML file (--config) and `section.key=value` overrides, e.g.
+      rlvr train --config configs/gsm8k_grpo.yaml optim.lr=1e-6 rollout.group_size=8
+    `rlvr train --print-config` lists every option with its default and doc."""
+    parser.add_argument("--config", help="YAML config file (see configs/).")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Config overrides, e.g. optim.lr=1e-6.")
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved config with docs and exit.")
+    parser.add_argument("--dry-run", action="store_true", help="Validate config, data and model, print the plan, exit.")
+    parser.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in output_dir.")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlvr import config
+    from rlvr.train_config import TrainConfig
+
+    train_config = config.load(TrainConfig, args.config, args.overrides)
+    if args.print_config:
+        print(config.render(train_config))
+        return 0
+    return not_implemented(6)(args)
+

