@@ -13,6 +13,7 @@ every key and type; mistakes raise :class:`ConfigError` naming the key and what 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -31,10 +32,8 @@ class ConfigError(ValueError):
 
 def option(default: Any, doc: str) -> Any:
     """A config field with a default and a one-line doc. Mutable defaults are copied per instance."""
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    if dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"doc": doc})
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
     return dataclasses.field(default=default, metadata={"doc": doc})
 
 

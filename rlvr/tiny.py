@@ -10,9 +10,9 @@ demo trains it.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 EOS_TOKEN = "<|endoftext|>"
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")

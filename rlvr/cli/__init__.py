@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from rlvr.config import ConfigError
 from rlvr.registry import Registry, RegistryError

@@ -1,0 +1,98 @@
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from rlvr import config
+from rlvr.config import ConfigError, option
+from rlvr.train_config import TrainConfig
+
+
+@dataclass
+class Inner:
+    lr: float = option(1e-3, "Learning rate.")
+    steps: int = option(10, "Steps.")
+    mode: Literal["fast", "slow"] = option("fast", "Mode.")
+    tags: list[str] = option([], "Tags.")
+    cap: float | None = option(None, "Optional cap.")
+
+
+@dataclass
+class Outer:
+    inner: Inner = option(Inner(), "The inner section.")
+    name: str = option("run", "Run name.")
+    flag: bool = option(False, "A flag.")
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  lr: 1e-5\n  steps: 3\nname: first\n")
+    loaded = config.load(Outer, path, ["inner.steps=7", "flag=true", "inner.tags=[a, b]", "inner.cap=0.5"])
+    assert loaded.inner.lr == 1e-5  # YAML 1.1 reads 1e-5 as a string; the loader makes it a float
+    assert loaded.inner.steps == 7  # the override wins over the file
+    assert loaded.name == "first"
+    assert loaded.flag is True
+    assert loaded.inner.tags == ["a", "b"]
+    assert loaded.inner.cap == 0.5
+    assert loaded.inner.mode == "fast"
+
+
+def test_mutable_defaults_are_not_shared():
+    first, second = Outer(), Outer()
+    first.inner.tags.append("x")
+    assert second.inner.tags == []
+
+
+def test_unknown_key_names_the_key_and_valid_choices():
+    with pytest.raises(ConfigError) as error:
+        config.load(Outer, None, ["inner.setps=3"])
+    message = str(error.value)
+    assert "'inner.setps'" in message
+    assert "Did you mean 'inner.steps'?" in message
+    assert "lr, steps, mode, tags, cap" in message
+
+
+def test_wrong_types_are_errors_naming_the_key():
+    with pytest.raises(ConfigError, match=r"inner\.steps: expected a whole number, got 'many'"):
+        config.load(Outer, None, ["inner.steps=many"])
+    with pytest.raises(ConfigError, match=r"flag: expected true or false"):
+        config.load(Outer, None, ["flag=3"])
+    with pytest.raises(ConfigError, match=r"inner\.mode: 'medium' is not one of the valid choices 'fast', 'slow'"):
+        config.load(Outer, None, ["inner.mode=medium"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        config.load(Outer, None, ["justakey"])
+
+
+def test_bad_files_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(Outer, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        config.load(Outer, tmp_path / "list.yaml")
+
+
+def test_render_shows_every_option_with_its_doc():
+    text = config.render(TrainConfig())
+    assert "lr: 1.0e-06  # Peak learning rate of AdamW." in text
+    assert "  group_size: 8  # Samples drawn per prompt" in text
+
+
+def test_every_train_option_has_a_one_line_doc():
+    def undocumented(section, prefix=""):
+        for field in dataclasses.fields(section):
+            doc = field.metadata.get("doc", "")
+            if not doc or "\n" in doc:
+                yield prefix + field.name
+            value = getattr(section, field.name)
+            if dataclasses.is_dataclass(value):
+                yield from undocumented(value, prefix + field.name + ".")
+
+    assert list(undocumented(TrainConfig())) == []
+
+
+def test_render_round_trips_through_load(tmp_path):
+    changed = config.load(TrainConfig, None, ["optim.lr=3e-6", "eval.tasks=[aime24, math500]", "algorithm.dual_clip=3"])
+    path = tmp_path / "saved.yaml"
+    path.write_text(config.render(changed))
+    assert config.load(TrainConfig, path) == changed
