@@ -20,7 +20,8 @@ import difflib
 import importlib
 import importlib.metadata
 import pkgutil
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
