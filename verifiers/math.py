@@ -1,0 +1,98 @@
+"""The math answer checker: the final answer of a completion against a gold answer.
+
+Extraction and simple comparisons (equal strings, plain numbers, multiple-choice letters, words)
+run in the caller's process; anything that needs SymPy runs in a :class:`WorkerPool` process that
+is killed when it exceeds ``time_limit``, which works from any thread (math-verify's own
+``signal.alarm`` timeout only works in the main thread)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from verifiers import register
+from verifiers._math_answer import boxed_contents, extract_answers
+from verifiers._math_judge import CORRECT, SEVERAL, judge, judge_in_worker, warm_up
+from verifiers.base import CallTimeout, RemoteError, Verdict, Verifier, WorkerCrashed, WorkerPool
+
+
+@register("math")
+class MathVerifier(Verifier):
+    """Checks the final answer of a math completion against a gold answer (LaTeX or plain).
+
+    Options:
+        require_boxed: only a ``\\boxed{}``/``\\fbox{}`` answer counts (a format requirement for
+            training); otherwise "The answer is X", "Answer: X" and "#### X" count too.
+        on_multiple: "reject" scores several non-equivalent boxed answers 0 ("several different
+            answers"); "last" takes the last one, as other evaluation harnesses do.
+        rel_tol: relative tolerance for numeric answers (``3.14`` is not ``\\pi``).
+        time_limit: seconds one verification may take; beyond it the verdict is "timeout".
+    """
+
+    def __init__(
+        self,
+        require_boxed: bool = False,
+        on_multiple: Literal["reject", "last"] = "reject",
+        rel_tol: float = 1e-6,
+        time_limit: float = 2.0,
+    ):
+        if on_multiple not in ("reject", "last"):
+            raise ValueError(f"on_multiple must be 'reject' or 'last', not {on_multiple!r}")
+        if not rel_tol >= 0:
+            raise ValueError(f"rel_tol must be >= 0, not {rel_tol!r}")
+        if not time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, not {time_limit!r}")
+        self.require_boxed = require_boxed
+        self.on_multiple = on_multiple
+        self.rel_tol = rel_tol
+        self.time_limit = time_limit
+        self._pool = WorkerPool(
+            functools.partial(judge_in_worker, rel_tol=rel_tol),
+            initializer=warm_up,
+        )
+
+    def verify(self, completion: str, reference: Any) -> Verdict:
+        """The verdict for ``completion`` against the gold answer ``reference`` (a string, a
+        number, or a list of acceptable answers). Never raises."""
+        try:
+            return self._verify(completion, reference)
+        except Exception as error:
+            return Verdict(0.0, False, None, "error", {"error": f"{type(error).__name__}: {error}"})
+
+    def _verify(self, completion: str, reference: Any) -> Verdict:
+        references = _reference_answers(reference)
+        if not references:
+            return Verdict(0.0, False, None, "error", {"error": f"empty reference answer {reference!r}"})
+        extraction = extract_answers(str(completion), require_boxed=self.require_boxed)
+        if not extraction.answers:
+            return Verdict(0.0, False, None, "no answer", {"problem": extraction.problem})
+        answers = extraction.answers[-1:] if self.on_multiple == "last" else extraction.answers
+        extracted = answers[-1]
+        details: dict[str, Any] = {"boxed": extraction.boxed, "answers": len(answers)}
+        result = judge(answers, references, self.rel_tol, use_sympy=False)
+        if result is None:
+            details["sympy"] = True
+            try:
+                result = self._pool.call(answers, references, timeout=self.time_limit)
+            except CallTimeout:
+                return Verdict(0.0, False, extracted, "timeout", details | {"time_limit": self.time_limit})
+            except (WorkerCrashed, RemoteError) as error:
+                return Verdict(0.0, False, extracted, "error", details | {"error": str(error)})
+        correct = result == CORRECT
+        if result == SEVERAL:
+            extracted = None
+        return Verdict(float(correct), correct, extracted, result, details)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop with this process)."""
+        self._pool.close()
+
+
+def _reference_answers(reference: Any) -> list[str]:
+    items = reference if isinstance(reference, (list, tuple)) else [reference]
+    answers = []
+    for item in items:
+        text = str(item).strip()
+        boxes = boxed_contents(text)
+        answers.append(boxes[-1] if boxes else text)
+    return [answer for answer in answers if answer]
