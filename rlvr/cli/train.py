@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlvr.cli import command, not_implemented
+from rlvr.cli import command
 
 
 @command("train")
@@ -21,12 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlvr import config
+    from rlvr import config, preflight
     from rlvr.train_config import TrainConfig
 
     train_config = config.load(TrainConfig, args.config, args.overrides)
     if args.print_config:
         print(config.render(train_config))
         return 0
-    return not_implemented(6)(args)
+    preflight.check(train_config)
+    if args.dry_run:
+        from rlvr.policy import load_policy
+        from rlvr.trainer import build_prompts, describe_plan
 
+        tokenizer = load_policy(train_config.model.path, train_config.model.dtype)[1]
+        print(describe_plan(train_config, len(build_prompts(train_config, tokenizer))))
+        print("dry run: config, model, data and verifiers are valid")
+        return 0
+    from rlvr.trainer import train
+
+    final = train(train_config, resume=args.resume)
+    print(f"done: final checkpoint {final}")
+    return 0

@@ -1,0 +1,101 @@
+"""Checks run before training (and alone by ``rlvr train --dry-run``): every problem in the config,
+the model path, the data and the verifiers is found up front and reported together, each with what
+to change, instead of surfacing as a crash twenty minutes into a run."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from rlvr.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from rlvr.config import ConfigError
+from rlvr.train_config import TrainConfig
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """Problems in the values of ``cfg`` alone (no file or model is touched)."""
+    problems = []
+    algo, optim, rollout = cfg.algorithm, cfg.optim, cfg.rollout
+    for key, value, registry in (
+        ("algorithm.estimator", algo.estimator, ADVANTAGE_ESTIMATORS),
+        ("algorithm.loss_agg", algo.loss_agg, LOSS_AGGREGATIONS),
+        ("algorithm.kl_estimator", algo.kl_estimator, KL_ESTIMATORS),
+    ):
+        if value not in registry:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(registry.available())}")
+    if rollout.group_size < 2:
+        problems.append(
+            f"rollout.group_size={rollout.group_size}: group advantage estimators ({algo.estimator}) compare samples "
+            "of the same prompt, so they need at least 2 (8 or 16 is usual)"
+        )
+    if not 0 <= algo.clip_low < 1 or algo.clip_high < 0:
+        problems.append(f"algorithm.clip_low must be in [0, 1) and clip_high >= 0 (got {algo.clip_low}, {algo.clip_high})")
+    if algo.dual_clip is not None and algo.dual_clip <= 1:
+        problems.append(f"algorithm.dual_clip must be > 1 (e.g. 3.0) or null, got {algo.dual_clip}")
+    if algo.tis_cap is not None and algo.tis_cap <= 0:
+        problems.append(f"algorithm.tis_cap must be positive (e.g. 2.0) or null, got {algo.tis_cap}")
+    if algo.length.overlong_buffer >= rollout.max_new_tokens:
+        problems.append(
+            f"algorithm.length.overlong_buffer={algo.length.overlong_buffer} must be smaller than "
+            f"rollout.max_new_tokens={rollout.max_new_tokens}"
+        )
+    if optim.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"optim.lr_schedule: {optim.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    for key in ("steps", "prompts_per_step", "ppo_epochs", "mini_batch_size", "micro_batch_size"):
+        if getattr(optim, key) < 1:
+            problems.append(f"optim.{key} must be at least 1, got {getattr(optim, key)}")
+    if optim.micro_batch_size > optim.mini_batch_size:
+        problems.append(
+            f"optim.micro_batch_size={optim.micro_batch_size} is larger than optim.mini_batch_size="
+            f"{optim.mini_batch_size}; it must not be"
+        )
+    if cfg.checkpoint.every < 1:
+        problems.append(f"checkpoint.every must be at least 1, got {cfg.checkpoint.every}")
+    if rollout.temperature <= 0:
+        problems.append(f"rollout.temperature must be > 0 for RL sampling, got {rollout.temperature}")
+    return problems
+
+
+def environment_problems(cfg: TrainConfig) -> list[str]:
+    """Problems with what the config points at: the model, the engine, the task, its verifiers."""
+    import rlvr.rollout
+    import tasks
+    import verifiers
+    from rlvr.policy import ModelNotFoundError, check_model_path
+
+    problems = []
+    try:
+        check_model_path(cfg.model.path)
+    except ModelNotFoundError as error:
+        problems.append(f"model.path: {error}")
+    if cfg.rollout.engine not in rlvr.rollout.available():
+        problems.append(f"rollout.engine: {cfg.rollout.engine!r} is not one of {', '.join(rlvr.rollout.available())}")
+    elif cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append(
+            "rollout.engine=vllm but vLLM is not installed: install rlvr[vllm] (GPU) or rlvr[cpu] (CPU), "
+            "or set rollout.engine=hf"
+        )
+    try:
+        examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed)
+    except Exception as error:  # any loading failure is reported with the task's own message
+        problems.append(f"data: {error}")
+        examples = []
+    for name in sorted({example.verifier for example in examples}):
+        if name not in verifiers.available():
+            problems.append(f"data.task {cfg.data.task!r} needs verifier {name!r}, which is not registered")
+        elif name == "code":
+            import sandboxes
+
+            try:
+                sandboxes.get(cfg.verifier.sandbox)
+            except Exception as error:
+                problems.append(f"verifier.sandbox: the code task needs a sandbox, and {cfg.verifier.sandbox!r} is not usable: {error}")
+    return problems
+
+
+def check(cfg: TrainConfig, environment: bool = True) -> None:
+    """Raise :class:`ConfigError` listing every problem found."""
+    problems = config_problems(cfg) + (environment_problems(cfg) if environment else [])
+    if problems:
+        raise ConfigError("the training config has problems:\n  - " + "\n  - ".join(problems))

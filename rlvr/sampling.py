@@ -1,0 +1,203 @@
+"""From prompts to scored groups: the prompt stream, rewards, and DAPO dynamic sampling."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import verifiers
+from rlvr.algorithms import dynamic_sampling_mask
+from rlvr.train_config import TrainConfig
+
+
+@dataclass
+class Prompt:
+    """A training prompt: the task example and its rendered, tokenized prompt."""
+
+    example: Any  # tasks.Example
+    token_ids: list[int]
+
+
+class PromptStream:
+    """An endless stream of prompts, reshuffled (seeded) every epoch. Its position is part of a
+    checkpoint, so a resumed run sees exactly the prompts the interrupted one would have."""
+
+    def __init__(self, prompts: list[Prompt], seed: int):
+        if not prompts:
+            raise ValueError("no training prompts: the task gave no examples short enough for data.max_prompt_tokens")
+        self.prompts = prompts
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0
+        self._order = self._shuffled(0)
+
+    def take(self, count: int) -> list[Prompt]:
+        taken = []
+        for _ in range(count):
+            if self.index == len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            taken.append(self.prompts[self._order[self.index]])
+            self.index += 1
+        return taken
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffled(self.epoch)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+
+class Rewarder:
+    """Scores completions with each example's own verifier (math, code, ...), built once."""
+
+    def __init__(self, options: dict[str, Any], workers: int | None = None):
+        self.options = options
+        self.workers = workers
+        self._verifiers: dict[str, verifiers.Verifier] = {}
+
+    def verifier(self, name: str) -> verifiers.Verifier:
+        if name not in self._verifiers:
+            cls = verifiers._registry.get(name)
+            accepted = inspect.signature(cls).parameters
+            self._verifiers[name] = cls(**{k: v for k, v in self.options.items() if k in accepted})
+        return self._verifiers[name]
+
+    def score(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:
+        """Verdicts in input order; each verifier checks its share of the batch in parallel."""
+        verdicts: list[verifiers.Verdict | None] = [None] * len(completions)
+        by_verifier: dict[str, list[int]] = {}
+        for index, example in enumerate(examples):
+            by_verifier.setdefault(example.verifier, []).append(index)
+        for name, indices in by_verifier.items():
+            results = self.verifier(name).verify_batch(
+                [completions[i] for i in indices], [examples[i].reference for i in indices], workers=self.workers
+            )
+            for index, verdict in zip(indices, results, strict=True):
+                verdicts[index] = verdict
+        return verdicts  # type: ignore[return-value]
+
+
+@dataclass
+class Rollouts:
+    """Scored samples of one step, groups contiguous (``group_size`` samples per prompt)."""
+
+    group_size: int
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    sampler_logprobs: list[list[float]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    verifier_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.tensor([len(ids) for ids in self.completion_ids], dtype=torch.float32)
+
+    def extend_groups(self, other: Rollouts, groups: list[int]) -> None:
+        """Append the chosen groups of ``other``."""
+        size = self.group_size
+        for name, values in vars(other).items():
+            if isinstance(values, list):
+                getattr(self, name).extend(v for g in groups for v in values[g * size : (g + 1) * size])
+
+
+def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: TrainConfig, seed: int) -> tuple[Rollouts, dict[str, float]]:
+    """Generate ``group_size`` completions per prompt and score them."""
+    group_size = config.rollout.group_size
+    started = time.monotonic()
+    groups = engine.generate(
+        [p.token_ids for p in prompts],
+        n=group_size,
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        seed=seed,
+    )
+    generated = time.monotonic()
+    rollouts = Rollouts(group_size)
+    examples = []
+    for prompt, completions in zip(prompts, groups, strict=True):
+        for completion in completions:
+            rollouts.prompt_ids.append(prompt.token_ids)
+            rollouts.completion_ids.append(list(completion.token_ids))
+            rollouts.sampler_logprobs.append(list(completion.logprobs))
+            rollouts.texts.append(completion.text)
+            rollouts.truncated.append(completion.finish_reason == "length")
+            rollouts.verifier_names.append(prompt.example.verifier)
+            examples.append(prompt.example)
+    verdicts = rewarder.score(rollouts.texts, examples)
+    rollouts.rewards = [v.reward for v in verdicts]
+    rollouts.correct = [v.correct for v in verdicts]
+    rollouts.reasons = [v.reason for v in verdicts]
+    timings = {"time/generate": generated - started, "time/verify": time.monotonic() - generated}
+    return rollouts, timings
+
+
+def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: TrainConfig, step: int) -> tuple[Rollouts, dict[str, float]]:
+    """Sample until ``prompts_per_step`` groups carry signal (DAPO dynamic sampling), or the
+    extra-round budget is spent. With dynamic sampling off, every group is kept."""
+    wanted = config.optim.prompts_per_step
+    kept = Rollouts(config.rollout.group_size)
+    everything = Rollouts(config.rollout.group_size)  # for metrics: all samples drawn this step
+    timings: Counter[str] = Counter()
+    rounds = 0
+    while len(kept) < wanted * config.rollout.group_size and rounds <= config.algorithm.max_sampling_rounds:
+        prompts = stream.take(wanted)
+        rollouts, round_timings = sample_round(engine, prompts, rewarder, config, seed=config.optim.seed * 100_003 + step * 101 + rounds)
+        timings.update(round_timings)
+        everything.extend_groups(rollouts, list(range(len(prompts))))
+        rewards = torch.tensor(rollouts.rewards)
+        if config.algorithm.dynamic_sampling:
+            signal = dynamic_sampling_mask(rewards, config.rollout.group_size)
+        else:
+            signal = torch.ones(len(prompts), dtype=torch.bool)
+        room = wanted - len(kept) // config.rollout.group_size
+        kept.extend_groups(rollouts, signal.nonzero().flatten().tolist()[:room])
+        rounds += 1
+        if not config.algorithm.dynamic_sampling:
+            break
+    metrics = sample_metrics(everything, kept, rounds)
+    metrics.update(timings)
+    return kept, metrics
+
+
+def sample_metrics(everything: Rollouts, kept: Rollouts, rounds: int) -> dict[str, float]:
+    """Reward, accuracy (overall and per verifier), lengths and verifier failures over all samples drawn."""
+    rewards = torch.tensor(everything.rewards)
+    lengths = everything.lengths
+    total_groups = len(everything) // everything.group_size
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        "accuracy": sum(everything.correct) / len(everything),
+        "response_length/mean": lengths.mean().item(),
+        "response_length/max": lengths.max().item(),
+        "response_length/truncated_fraction": sum(everything.truncated) / len(everything),
+        "groups/kept_fraction": (len(kept) // kept.group_size) / total_groups,
+        "groups/sampling_rounds": float(rounds),
+    }
+    for name in sorted(set(everything.verifier_names)):
+        picked = [c for c, v in zip(everything.correct, everything.verifier_names, strict=True) if v == name]
+        metrics[f"accuracy/{name}"] = sum(picked) / len(picked)
+    reasons = Counter(everything.reasons)
+    metrics["verifier/timeouts"] = float(reasons.get("timeout", 0))
+    metrics["verifier/errors"] = float(sum(n for reason, n in reasons.items() if "error" in reason))
+    return metrics

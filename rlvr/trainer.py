@@ -1,0 +1,161 @@
+"""``rlvr train``: prompts -> grouped samples -> verified rewards -> advantages -> clipped policy
+updates -> new weights into the sampler, step after step. :func:`train` is the whole loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import rlvr.rollout
+import tasks
+from rlvr import checkpoint, config
+from rlvr.algorithms import compute_advantages, shape_rewards
+from rlvr.policy import load_policy
+from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
+from rlvr.tracking import MetricsLogger
+from rlvr.train_config import TrainConfig
+from rlvr.update import TrainBatch, per_sample_logprobs, update_policy
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train according to ``cfg``; returns the directory of the final checkpoint."""
+    run_dir = Path(cfg.checkpoint.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config.render(cfg) + "\n")
+    torch.manual_seed(cfg.optim.seed)
+
+    resume_from = checkpoint.latest(run_dir) if resume else None
+    policy, tokenizer = load_policy(str(resume_from or cfg.model.path), cfg.model.dtype, cfg.model.gradient_checkpointing)
+    reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef else None
+    stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    generator = torch.Generator().manual_seed(cfg.optim.seed)
+    start_step = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.load_state_dict(state["data"])
+        generator.set_state(state["update_rng"])
+        start_step = state["step"]
+        print(f"resuming from {resume_from} (step {start_step})", flush=True)
+    elif resume:
+        print(f"no checkpoint in {run_dir}: starting from step 0", flush=True)
+
+    engine = rlvr.rollout.get(cfg.rollout.engine)(
+        str(resume_from or cfg.model.path), max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
+        dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        sleep_between_steps=cfg.rollout.sleep_between_steps,
+    )
+    rewarder = Rewarder({"timeout": cfg.verifier.timeout, "sandbox": cfg.verifier.sandbox}, cfg.verifier.workers)
+    logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
+                           cfg.logging.wandb_project, config.to_dict(cfg))
+    last_saved = None
+    try:
+        for step in range(start_step + 1, cfg.optim.steps + 1):
+            started = time.monotonic()
+            engine.wake_up()
+            rollouts, metrics = collect_rollouts(engine, stream, rewarder, cfg, step)
+            engine.sleep()
+            if len(rollouts) == 0:
+                print(f"step {step}: no group carried signal after all sampling rounds; no update", flush=True)
+            else:
+                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id)
+                metrics.update(shaping_metrics)
+                train_started = time.monotonic()
+                metrics.update(update_policy(policy, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id, generator))
+                sync_started = time.monotonic()
+                engine.update_weights((name, p.detach()) for name, p in policy.named_parameters())
+                metrics["time/train"] = sync_started - train_started
+                metrics["time/weight_sync"] = time.monotonic() - sync_started
+            metrics["time/step"] = time.monotonic() - started
+            metrics["tokens_per_second"] = sum(map(len, rollouts.completion_ids)) / metrics["time/step"]
+            logger.log(step, metrics)
+            if step % cfg.checkpoint.every == 0 or step == cfg.optim.steps:
+                last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "data": stream.state_dict(), "update_rng": generator.get_state(),
+                }, cfg.checkpoint.keep_last)
+    finally:
+        engine.close()
+        logger.close()
+    final = last_saved or checkpoint.latest(run_dir)
+    (run_dir / "final").write_text(str(final.name if final else "") + "\n")
+    return final
+
+
+def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
+    """Load the task, render each example with the prompt template, drop over-long prompts."""
+    examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed)
+    prompts, dropped = [], 0
+    for example in examples:
+        ids = tokenizer(tasks.render_prompt(example, tokenizer, cfg.data.template), add_special_tokens=False)["input_ids"]
+        if len(ids) > cfg.data.max_prompt_tokens:
+            dropped += 1
+        else:
+            prompts.append(Prompt(example, ids))
+    if dropped:
+        print(f"dropped {dropped} of {len(examples)} prompts longer than data.max_prompt_tokens="
+              f"{cfg.data.max_prompt_tokens}", flush=True)
+    return prompts
+
+
+def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
+    """Shape rewards for length, compute group advantages, and the log-probs the loss compares to."""
+    shaped, sample_mask = shape_rewards(
+        torch.tensor(rollouts.rewards), rollouts.lengths, torch.tensor(rollouts.truncated), rollouts.group_size,
+        max_len=cfg.rollout.max_new_tokens, correct=torch.tensor(rollouts.correct),
+        **dataclasses.asdict(cfg.algorithm.length),
+    )
+    batch = TrainBatch(
+        prompt_ids=rollouts.prompt_ids, completion_ids=rollouts.completion_ids,
+        advantages=compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator),
+        sample_mask=sample_mask.float(), sampler_logprobs=rollouts.sampler_logprobs,
+    )
+    everyone = list(range(len(batch)))
+    mini_batches = -(-len(batch) // cfg.optim.mini_batch_size)
+    if cfg.optim.ppo_epochs > 1 or mini_batches > 1 or cfg.algorithm.tis_cap is not None:
+        batch.old_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id)
+    if reference is not None:
+        batch.ref_logprobs = per_sample_logprobs(reference, batch, everyone, cfg, pad_id)
+    metrics = {"reward/shaped_mean": shaped.mean().item(), "samples/in_loss": sample_mask.float().sum().item()}
+    return batch, metrics
+
+
+def build_optimizer(policy, cfg: TrainConfig):
+    """AdamW with linear warm-up, then a constant, linear or cosine schedule over all optimizer steps."""
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    per_step = optim.ppo_epochs * -(-optim.prompts_per_step * cfg.rollout.group_size // optim.mini_batch_size)
+    total = max(1, optim.steps * per_step)
+
+    def factor(done: int) -> float:
+        if done < optim.warmup_steps:
+            return (done + 1) / optim.warmup_steps
+        progress = min(1.0, (done - optim.warmup_steps) / max(1, total - optim.warmup_steps))
+        if optim.lr_schedule == "linear":
+            return 1.0 - progress
+        if optim.lr_schedule == "cosine":
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * progress)).item())
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def max_model_len(cfg: TrainConfig) -> int:
+    return cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+
+
+def describe_plan(cfg: TrainConfig, num_prompts: int) -> str:
+    """The plan printed by ``--dry-run``."""
+    samples = cfg.optim.prompts_per_step * cfg.rollout.group_size
+    return json.dumps({
+        "model": cfg.model.path, "task": cfg.data.task, "prompts": num_prompts, "steps": cfg.optim.steps,
+        "samples_per_step": samples, "optimizer_steps_per_step": cfg.optim.ppo_epochs * -(-samples // cfg.optim.mini_batch_size),
+        "engine": cfg.rollout.engine, "estimator": cfg.algorithm.estimator, "loss_agg": cfg.algorithm.loss_agg,
+        "output_dir": cfg.checkpoint.output_dir,
+    }, indent=2)

@@ -1,0 +1,177 @@
+"""The policy update: PPO epochs over a batch of scored samples, in mini-batches (one optimizer
+step each) of length-bucketed micro-batches (one forward/backward each)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rlvr.algorithms import aggregate_loss, kl_penalty, policy_loss, truncated_is_weights
+from rlvr.policy import completion_logprobs
+from rlvr.train_config import TrainConfig
+
+
+@dataclass
+class TrainBatch:
+    """Everything the loss needs, per sample (N samples)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    advantages: torch.Tensor  # [N]
+    sample_mask: torch.Tensor  # [N] 0 for samples kept out of the loss (overlong filtering)
+    sampler_logprobs: list[list[float]]
+    old_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when the update is off-policy
+    ref_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when a KL penalty is on
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+@dataclass
+class Packed:
+    """Right-padded tensors of a micro-batch (see :func:`rlvr.policy.completion_logprobs`)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device: torch.device) -> Packed:
+    rows = len(prompt_ids)
+    total = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
+    longest = max(len(c) for c in completion_ids)
+    input_ids = torch.full((rows, total), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, total), dtype=torch.long)
+    completions = torch.full((rows, longest), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((rows, longest), dtype=torch.float32)
+    for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        sequence = prompt + completion
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+        completions[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        completion_mask[row, : len(completion)] = 1
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids])
+    return Packed(*(t.to(device) for t in (input_ids, attention_mask, prompt_lengths, completions, completion_mask)))
+
+
+def pad_rows(rows: list[torch.Tensor] | list[list[float]], width: int, device: torch.device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        values = torch.as_tensor(row, dtype=torch.float32)
+        out[i, : len(values)] = values
+    return out.to(device)
+
+
+def length_buckets(lengths: list[int], size: int) -> list[list[int]]:
+    """Split indices into micro-batches of ``size`` with similar lengths, to cut padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def loss_denominator(agg: str, completion_lengths: list[int]) -> float:
+    """What a loss aggregation divides by over a whole mini-batch: its tokens for ``token-mean``,
+    its non-empty sequences for the sequence-mean aggregations. Passing it to every micro-batch
+    makes the accumulated gradient that of the mini-batch loss."""
+    if agg == "token-mean":
+        return float(sum(completion_lengths))
+    return float(sum(1 for length in completion_lengths if length > 0))
+
+
+@torch.no_grad()
+def per_sample_logprobs(model, batch: TrainBatch, indices: list[int], config: TrainConfig, pad_id: int) -> list[torch.Tensor]:
+    """Trainer log-probs of the given samples (no gradient), one [T_i] tensor each, CPU."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
+    for micro in length_buckets([len(batch.completion_ids[i]) for i in indices], config.optim.micro_batch_size):
+        chosen = [indices[i] for i in micro]
+        packed = pack([batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen], pad_id, device)
+        stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
+                                    packed.completion_ids, packed.completion_mask, config.rollout.temperature)
+        for row, index in enumerate(chosen):
+            out[index] = stats.logprobs[row, : len(batch.completion_ids[index])].cpu()
+    return [out[i] for i in indices]
+
+
+def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainConfig, pad_id: int, generator: torch.Generator) -> dict[str, float]:
+    """Run ``ppo_epochs`` passes of clipped policy-gradient updates over ``batch``; return metrics."""
+    optim = config.optim
+    device = next(model.parameters()).device
+    num_mini_batches = optim.ppo_epochs * -(-len(batch) // optim.mini_batch_size)
+    totals: dict[str, float] = {}
+    model.train()
+    for _ in range(optim.ppo_epochs):
+        order = torch.randperm(len(batch), generator=generator).tolist()
+        for start in range(0, len(order), optim.mini_batch_size):
+            mini = order[start : start + optim.mini_batch_size]
+            in_loss = [int(batch.sample_mask[i].item()) * len(batch.completion_ids[i]) for i in mini]
+            denominator = loss_denominator(config.algorithm.loss_agg, in_loss)
+            optimizer.zero_grad(set_to_none=True)
+            metrics: dict[str, float] = {}
+            for micro in length_buckets([len(batch.completion_ids[i]) for i in mini], optim.micro_batch_size):
+                micro_metrics = _micro_step(model, batch, [mini[i] for i in micro], config, pad_id, device, denominator)
+                token_share = micro_metrics.pop("num_tokens") / max(sum(in_loss), 1)
+                _merge(metrics, micro_metrics, token_share, summed=_MICRO_CONTRIBUTIONS)
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.max_grad_norm).item()
+            optimizer.step()
+            scheduler.step()
+            _merge(totals, metrics, 1.0 / num_mini_batches)
+    totals["lr"] = scheduler.get_last_lr()[0]
+    totals["optimizer_steps"] = float(num_mini_batches)
+    return totals
+
+
+# Micro-batch values that are each micro-batch's share of the mini-batch value (they add up).
+_MICRO_CONTRIBUTIONS = frozenset({"loss", "entropy", "kl_ref"})
+
+
+def _merge(into: dict[str, float], metrics: dict[str, float], weight: float, summed: frozenset[str] = frozenset()) -> None:
+    """Fold ``metrics`` into ``into``: maxima and minima as such, ``summed`` keys added, others
+    averaged with ``weight``."""
+    for key, value in metrics.items():
+        if key.endswith("_max"):
+            into[key] = max(into.get(key, value), value)
+        elif key.endswith("_min"):
+            into[key] = min(into.get(key, value), value)
+        else:
+            into[key] = into.get(key, 0.0) + value * (1.0 if key in summed else weight)
+
+
+def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig, pad_id: int, device, denominator: float) -> dict[str, float]:
+    """Forward and backward of one micro-batch; its loss is scaled by the mini-batch ``denominator``."""
+    algo = config.algorithm
+    packed = pack([batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen], pad_id, device)
+    mask = packed.completion_mask * batch.sample_mask[chosen].to(device)[:, None]
+    width = mask.shape[1]
+    stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
+                                packed.completion_ids, mask, config.rollout.temperature,
+                                entropy_grad=algo.entropy_coef != 0)
+    if batch.old_logprobs is not None:
+        old = pad_rows([batch.old_logprobs[i] for i in chosen], width, device)
+    else:  # one optimizer step per batch: the data is exactly on-policy
+        old = stats.logprobs.detach()
+    is_weights = None
+    if algo.tis_cap is not None:
+        sampler = pad_rows([batch.sampler_logprobs[i] for i in chosen], width, device)
+        is_weights = truncated_is_weights(old, sampler, algo.tis_cap)
+    reduce = {"agg": algo.loss_agg, "norm_len": config.rollout.max_new_tokens, "denominator": denominator}
+    loss, metrics = policy_loss(
+        stats.logprobs, old, batch.advantages[chosen].to(device), mask,
+        clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip, is_weights=is_weights, **reduce,
+    )
+    entropy = aggregate_loss(stats.entropy, mask, **reduce)
+    if algo.entropy_coef:
+        loss = loss - algo.entropy_coef * entropy
+    if batch.ref_logprobs is not None:
+        ref = pad_rows([batch.ref_logprobs[i] for i in chosen], width, device)
+        kl = aggregate_loss(kl_penalty(stats.logprobs, ref, algo.kl_estimator), mask, **reduce)
+        loss = loss + algo.kl_coef * kl
+        metrics["kl_ref"] = kl.item()
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"the policy loss is {loss.item()}: lower optim.lr or check the data")
+    loss.backward()
+    metrics.update({"loss": loss.item(), "entropy": entropy.item()})
+    return metrics
