@@ -1,0 +1,98 @@
+"""Prompt templates: how an :class:`~tasks.Example` becomes the text a model continues.
+
+- ``base``: R1-Zero style for base models; reasoning inside ``<think> </think>``, answer in ``\\boxed{}``.
+- ``chat``: the tokenizer's own chat template around the problem and an instruction to box the answer.
+- ``code``: asks for one fenced Python block; shows starter code, the function name, and how input
+  arrives. Wrapped in the chat template when the tokenizer has one.
+- ``auto``: ``code`` for code tasks, else ``chat`` when the tokenizer has a chat template, else ``base``.
+
+Add one with ``@tasks.register_template("name")`` on a function ``(example, tokenizer) -> str``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from rlvr.registry import Registry
+
+if TYPE_CHECKING:
+    from tasks._core import Example
+
+Template = Callable[["Example", Any], str]
+_templates: Registry[Template] = Registry("prompt template", package="tasks", entry_point_group="rlvr.templates")
+register_template = _templates.register
+
+BOX_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+BASE_PREAMBLE = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+    "The Assistant first thinks about the reasoning process and then gives the answer. The reasoning is "
+    "enclosed in <think> </think> tags and the final answer in \\boxed{}, i.e., <think> reasoning here "
+    "</think> The answer is \\boxed{answer here}."
+)
+CODE_INSTRUCTION = "Write your solution as one fenced Python code block (```python ... ```) and nothing else after it."
+
+
+def render_prompt(example: Example, tokenizer: Any = None, template: str = "auto") -> str:
+    """The prompt text for ``example``. ``tokenizer`` (a Hugging Face tokenizer) is needed by the
+    ``chat`` template and, for ``auto``/``code``, decides whether the chat template is used."""
+    return _templates.get(template)(example, tokenizer)
+
+
+def available_templates() -> list[str]:
+    """Names of every registered prompt template."""
+    return _templates.available()
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _chat(tokenizer: Any, content: str) -> str:
+    if not has_chat_template(tokenizer):
+        raise ValueError(
+            "template 'chat' needs a tokenizer with a chat template; this one has none "
+            "(use template 'base' for base models, or 'auto' to choose)"
+        )
+    messages = [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@register_template("base")
+def base(example: Example, tokenizer: Any = None) -> str:
+    return f"{BASE_PREAMBLE}\nUser: {example.problem.strip()}\nAssistant: <think>"
+
+
+@register_template("chat")
+def chat(example: Example, tokenizer: Any = None) -> str:
+    return _chat(tokenizer, f"{example.problem.strip()}\n\n{BOX_INSTRUCTION}")
+
+
+@register_template("code")
+def code(example: Example, tokenizer: Any = None) -> str:
+    problem = example.problem.strip()
+    parts = [problem]
+    starter = (example.metadata.get("starter_code") or "").strip()
+    if starter and starter not in problem:
+        parts.append(f"Start from this code:\n```python\n{starter}\n```")
+    function = example.metadata.get("fn_name")
+    if function and function not in starter:
+        parts.append(f"The function must be named `{function}`.")
+    if _reads_stdin(example.reference):
+        parts.append("Read the input from standard input and print the answer to standard output.")
+    parts.append(CODE_INSTRUCTION)
+    content = "\n\n".join(parts)
+    if has_chat_template(tokenizer):
+        return _chat(tokenizer, content)
+    return f"User: {content}\nAssistant:"
+
+
+@register_template("auto")
+def auto(example: Example, tokenizer: Any = None) -> str:
+    if example.verifier == "code":
+        return code(example, tokenizer)
+    return chat(example, tokenizer) if has_chat_template(tokenizer) else base(example, tokenizer)
+
+
+def _reads_stdin(reference: Any) -> bool:
+    tests = reference.get("tests") if isinstance(reference, dict) else None
+    return bool(tests) and all(isinstance(t, dict) and t.get("testtype", "stdin") == "stdin" for t in tests)
