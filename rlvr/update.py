@@ -106,8 +106,9 @@ def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainC
     for _ in range(optim.ppo_epochs):
         order = torch.randperm(len(batch), generator=generator).tolist()
         for start in range(0, len(order), optim.mini_batch_size):
-            mini = order[start : start + optim.mini_batch_size]
-            in_loss = [int(batch.sample_mask[i].item()) * len(batch.completion_ids[i]) for i in mini]
+            # Samples masked out of the loss (overlong filtering) add nothing: skip their forward.
+            mini = [i for i in order[start : start + optim.mini_batch_size] if batch.sample_mask[i] > 0]
+            in_loss = [len(batch.completion_ids[i]) for i in mini]
             denominator = loss_denominator(config.algorithm.loss_agg, in_loss)
             optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
@@ -144,7 +145,7 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
     """Forward and backward of one micro-batch; its loss is scaled by the mini-batch ``denominator``."""
     algo = config.algorithm
     packed = pack([batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen], pad_id, device)
-    mask = packed.completion_mask * batch.sample_mask[chosen].to(device)[:, None]
+    mask = packed.completion_mask
     width = mask.shape[1]
     stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
                                 packed.completion_ids, mask, config.rollout.temperature,
