@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from collections import Counter
@@ -70,9 +69,7 @@ class Rewarder:
 
     def verifier(self, name: str) -> verifiers.Verifier:
         if name not in self._verifiers:
-            cls = verifiers._registry.get(name)
-            accepted = inspect.signature(cls).parameters
-            self._verifiers[name] = cls(**{k: v for k, v in self.options.items() if k in accepted})
+            self._verifiers[name] = verifiers.get_accepting(name, **self.options)
         return self._verifiers[name]
 
     def score(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:

@@ -82,7 +82,8 @@ class OptimConfig:
 
 @dataclass
 class VerifierConfig:
-    timeout: float = option(2.0, "Seconds allowed per verification before it scores 0 as a timeout.")
+    time_limit: float = option(2.0, "Seconds allowed per verification before it scores 0 as a timeout.")
+    require_boxed: bool = option(False, "Math: only a \\boxed{} answer counts (no 'The answer is' fallback): a format requirement.")
     workers: int | None = option(None, "Verifier processes (null: one per CPU core).")
     sandbox: str = option("auto", "Sandbox back-end for code tasks: auto, bwrap, docker or subprocess.")
 

@@ -51,7 +51,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         sleep_between_steps=cfg.rollout.sleep_between_steps,
     )
-    rewarder = Rewarder({"timeout": cfg.verifier.timeout, "sandbox": cfg.verifier.sandbox}, cfg.verifier.workers)
+    rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
                            cfg.logging.wandb_project, config.to_dict(cfg))
     last_saved = None
@@ -144,6 +144,11 @@ def build_optimizer(policy, cfg: TrainConfig):
         return 1.0
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def verifier_options(cfg: TrainConfig) -> dict[str, object]:
+    """Settings every verifier may take; each verifier gets those its constructor accepts."""
+    return {"time_limit": cfg.verifier.time_limit, "require_boxed": cfg.verifier.require_boxed, "sandbox": cfg.verifier.sandbox}
 
 
 def max_model_len(cfg: TrainConfig) -> int:

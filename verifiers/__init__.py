@@ -18,6 +18,7 @@ Add one with a new module in this package (or an entry point in the group ``rlvr
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from rlvr.registry import Registry
@@ -32,9 +33,17 @@ def get(name: str, **options: Any) -> Verifier:
     return _registry.get(name)(**options)
 
 
+def get_accepting(name: str, **options: Any) -> Verifier:
+    """Like :func:`get`, passing only the options the verifier's constructor accepts: callers with
+    settings for several kinds of verifier (time limit, sandbox, ...) give them all at once."""
+    cls = _registry.get(name)
+    accepted = inspect.signature(cls).parameters
+    return cls(**{key: value for key, value in options.items() if key in accepted})
+
+
 def available() -> list[str]:
     """Names of every registered verifier."""
     return _registry.available()
 
 
-__all__ = ["BatchStats", "Verdict", "Verifier", "available", "get", "register"]
+__all__ = ["BatchStats", "Verdict", "Verifier", "available", "get", "get_accepting", "register"]
