@@ -102,6 +102,10 @@ def last_answer_statement(region: str) -> str | None:
     if last is None:
         return None
     rest = last.group("rest").strip().lstrip("*").strip()
+    while inner := list(_STATEMENT.finditer(rest)):  # "Final Answer: The final answer is X"
+        rest = inner[-1].group("rest").strip()
+    if re.match(r"[A-Za-z]+\s+[A-Za-z$]", rest) and " is " in rest:  # "Final Answer: The largest $n$ is 34."
+        rest = rest.rsplit(" is ", 1)[1].strip()
     for left, right in _MATH_DELIMITERS:
         if rest.startswith(left):
             end = rest.find(right, len(left))
@@ -130,7 +134,7 @@ _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|
 _UNIT_WORDS = (
     r"(?:cm|mm|km|m|meters?|metres?|centimeters?|inch(?:es)?|in|feet|foot|ft|yards?|miles?|units?|"
     r"square|sq|cubic|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|"
-    r"dollars?|cents?|degrees?|pounds?|lbs?|ounces?|oz|grams?|g|kg|liters?|litres?|ml|gallons?|"
+    r"dollars?|cents?|degrees?|pct|percentage|pounds?|lbs?|ounces?|oz|grams?|g|kg|liters?|litres?|ml|gallons?|"
     r"points?|people|students|cups?|pieces?|apples|cookies|books|marbles|mph|kph|percent)"
 )
 _TRAILING_UNITS = re.compile(r"(?<=[\d}.])\s*(?:" + _UNIT_WORDS + r"\b(?:\^?\{?[23]\}?)?\s*)+$", re.IGNORECASE)
@@ -151,14 +155,16 @@ def normalize(answer: str, *, strip_assignment: bool = True) -> Normalized:
             s = s[len(left) : len(s) - len(right)].strip()
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"(\d),\\!\s*(?=\d)|(\d)\{,\}(?=\d)", r"\1\2,", s)
+    s = re.sub(r"(?<=\S)\s*(?:\\text\{\s*and\s*\}|\\quad|\band\b)\s*(?=\S)", ", ", s) if re.search(r"\d", s) else s
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])", "", s)
-    s = re.sub(r"\\[,;:! ]|~", " ", s)
+    s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = s.replace("\\displaystyle", "").replace("\u2212", "-")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\circ$", "", s)
-    percent = bool(re.search(r"\\?%\s*$", s))
+    percent = bool(re.search(r"(?:\\?%|\s(?:pct|percent|percentage))\s*$", s))
     s = re.sub(r"\\?%", "", s)
     s = s.replace("\\$", "").replace("$", "")
-    s = s.strip().rstrip(".,;!").strip()
+    s = s.strip().rstrip(".,;").strip()
 
     plain = _TEXT_COMMANDS.sub(lambda m: m.group(1), s).strip()
     choice_match = _CHOICE.match(plain)

@@ -15,23 +15,29 @@ CORRECT, WRONG, SEVERAL = "correct", "wrong", "several different answers"
 def judge(answers: list[str], references: list[str], rel_tol: float, use_sympy: bool) -> str | None:
     """"correct", "wrong" or "several different answers" for the boxed ``answers`` (the last is
     the final one) against any of ``references``; None when only SymPy could tell and
-    ``use_sympy`` is off."""
+    ``use_sympy`` is off.
+
+    Several boxes that are not all equivalent are hedging, unless together they are the
+    reference: ``\\boxed{1}`` and ``\\boxed{-2}`` answer a question whose gold answer is ``1, -2``."""
     distinct: dict[str, Normalized] = {}
-    for answer in reversed(answers):  # the final answer first
+    for answer in answers:
         normalized = normalize(answer)
         distinct.setdefault(normalized.key, normalized)
     if len(distinct) > MAX_DISTINCT_ANSWERS:
         return SEVERAL
-    final, *others = distinct.values()
-    undecided = False
-    for other in others:
-        same = equivalent(other, final, rel_tol, use_sympy)
-        if same is False:
-            return SEVERAL
-        undecided |= same is None
-    if undecided:
-        return None
-    verdicts = [equivalent(final, normalize(reference), rel_tol, use_sympy) for reference in references]
+    *others, final = distinct.values()
+    agreement = [equivalent(other, final, rel_tol, use_sympy) for other in others]
+    if False not in agreement:
+        return None if None in agreement else _against_references(final, references, rel_tol, use_sympy)
+    if not any("," in reference or "and" in reference for reference in references):
+        return SEVERAL
+    combined = normalize(", ".join(answer.latex for answer in distinct.values()))
+    result = _against_references(combined, references, rel_tol, use_sympy)
+    return SEVERAL if result == WRONG else result
+
+
+def _against_references(answer: Normalized, references: list[str], rel_tol: float, use_sympy: bool) -> str | None:
+    verdicts = [equivalent(answer, normalize(reference), rel_tol, use_sympy) for reference in references]
     if any(verdicts):
         return CORRECT
     return None if None in verdicts else WRONG
@@ -87,6 +93,8 @@ def _sympy_equivalent(pred: Normalized, gold: Normalized, rel_tol: float) -> boo
         gold_value, pred_value = N(gold_expr, 30), N(pred_expr, 30)
         if not (gold_value.is_number and pred_value.is_number):
             return False
+        if not (gold_value.is_finite and pred_value.is_finite):  # oo, -oo, zoo (1/0): only equal to themselves
+            return bool(gold_value == pred_value)
         readings = _percent_readings(pred_value, gold_value, pred, gold)
         return any(bool(abs(p - g) <= rel_tol * max(abs(p), abs(g))) for p, g in readings)
     return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))

@@ -33,7 +33,7 @@ class MathVerifier(Verifier):
         self,
         require_boxed: bool = False,
         on_multiple: Literal["reject", "last"] = "reject",
-        rel_tol: float = 1e-6,
+        rel_tol: float = 1e-9,
         time_limit: float = 2.0,
     ):
         if on_multiple not in ("reject", "last"):
@@ -94,5 +94,5 @@ def _reference_answers(reference: Any) -> list[str]:
     for item in items:
         text = str(item).strip()
         boxes = boxed_contents(text)
-        answers.append(boxes[-1] if boxes else text)
+        answers.append(", ".join(boxes) if boxes else text)
     return [answer for answer in answers if answer]
