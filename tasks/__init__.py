@@ -20,8 +20,9 @@ any hub dataset. Add a task with a new module in this package::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlvr.registry import Registry
 from tasks._core import DataTask, Example, HubSource, Row, TaskDataError, TaskSpec

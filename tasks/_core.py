@@ -6,9 +6,10 @@ import gzip
 import json
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
@@ -359,4 +360,3 @@ def read_hub_snapshot(directory: Path, split: str | None) -> tuple[list[dict[str
     if not rows:
         raise TaskDataError(f"{source} has no rows")
     return rows, f"{source}, split {split!r}" if split else source
-

@@ -12,9 +12,10 @@ carries a short, regular worked solution in ``metadata["solution"]`` ending in `
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tasks import register
 from tasks._core import Example, TaskDataError, TaskSpec
@@ -61,7 +62,9 @@ class GeneratedTask(TaskSpec):
         settings = self.settings(options)
         split = split or "train"
         seed = 0 if seed is None else seed
-        return [self.example(index, split, seed, settings) for index in range(DEFAULT_COUNT if limit is None else limit)]
+        return [
+            self.example(index, split, seed, settings) for index in range(DEFAULT_COUNT if limit is None else limit)
+        ]
 
     def settings(self, options: dict[str, Any]) -> dict[str, Any]:
         """Knob values: defaults overridden by ``options``, each checked for type and range."""
@@ -74,8 +77,12 @@ class GeneratedTask(TaskSpec):
             value = options.get(name, knob.default)
             if type(value) is not type(knob.default):
                 raise TaskDataError(f"{self.name} knob {name!r} should be {type(knob.default).__name__}, got {value!r}")
-            if (knob.minimum is not None and value < knob.minimum) or (knob.maximum is not None and value > knob.maximum):
-                raise TaskDataError(f"{self.name} knob {name!r} must be in [{knob.minimum}, {knob.maximum}], got {value!r}")
+            if (knob.minimum is not None and value < knob.minimum) or (
+                knob.maximum is not None and value > knob.maximum
+            ):
+                raise TaskDataError(
+                    f"{self.name} knob {name!r} must be in [{knob.minimum}, {knob.maximum}], got {value!r}"
+                )
             settings[name] = value
         return settings
 

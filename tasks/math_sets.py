@@ -4,7 +4,8 @@ solution when there is no answer column, list-valued answers (OlympiadBench, Min
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tasks import register
 from tasks._answers import after_hashes, clean_answer, last_boxed
@@ -56,7 +57,9 @@ def math_rows(alternatives: bool = False, clean_problem: Callable[[str], str] | 
                 )
             answer = last_boxed(solution)
             if answer is None:
-                raise row.error("no answer column and no \\boxed{...} in its solution to take the answer from", NoGoldAnswer)
+                raise row.error(
+                    "no answer column and no \\boxed{...} in its solution to take the answer from", NoGoldAnswer
+                )
         reference = clean_answer(answer)
         if not reference:
             raise row.error(f"the answer {answer!r} is empty after normalisation", NoGoldAnswer)
@@ -93,7 +96,14 @@ def math_task(summary: str, hub: HubSource, sizes: dict[str, int] | None = None,
     columns = {**MATH_COLUMNS, **extra.pop("columns", {})}
     convert = extra.pop("convert", None) or math_rows()
     return DataTask(
-        kind="math", verifier="math", summary=summary, hub=hub, sizes=sizes or {}, columns=columns, convert=convert, **extra
+        kind="math",
+        verifier="math",
+        summary=summary,
+        hub=hub,
+        sizes=sizes or {},
+        columns=columns,
+        convert=convert,
+        **extra,
     )
 
 
@@ -127,17 +137,25 @@ def math500() -> DataTask:
 
 @register("aime24")
 def aime24() -> DataTask:
-    return math_task("AIME 2024 (I and II): 30 problems, integer answers 0-999.", HubSource("HuggingFaceH4/aime_2024"), {"train": 30})
+    return math_task(
+        "AIME 2024 (I and II): 30 problems, integer answers 0-999.", HubSource("HuggingFaceH4/aime_2024"), {"train": 30}
+    )
 
 
 @register("aime25")
 def aime25() -> DataTask:
-    return math_task("AIME 2025 (I and II): 30 problems, integer answers 0-999.", HubSource("math-ai/aime25", split="test"), {"test": 30})
+    return math_task(
+        "AIME 2025 (I and II): 30 problems, integer answers 0-999.",
+        HubSource("math-ai/aime25", split="test"),
+        {"test": 30},
+    )
 
 
 @register("amc23")
 def amc23() -> DataTask:
-    return math_task("AMC 2023 (12A/12B): 40 problems with numeric answers.", HubSource("math-ai/amc23", split="test"), {"test": 40})
+    return math_task(
+        "AMC 2023 (12A/12B): 40 problems with numeric answers.", HubSource("math-ai/amc23", split="test"), {"test": 40}
+    )
 
 
 @register("dapo-math-17k")

@@ -11,7 +11,8 @@ Add one with ``@tasks.register_template("name")`` on a function ``(example, toke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rlvr.registry import Registry
 
@@ -75,7 +76,7 @@ def code(example: Example, tokenizer: Any = None) -> str:
     if starter and starter not in problem:
         parts.append(f"Start from this code:\n```python\n{starter}\n```")
     function = example.metadata.get("fn_name")
-    if function and function not in starter:
+    if function and function not in starter and function not in problem:
         parts.append(f"The function must be named `{function}`.")
     if _reads_stdin(example.reference):
         parts.append("Read the input from standard input and print the answer to standard output.")
