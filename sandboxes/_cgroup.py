@@ -1,0 +1,122 @@
+"""A throw-away control group per run, when the host lets us make one (root, cgroup v1 or v2 with
+the memory and pids controllers). It bounds the memory and the process count of the whole
+process tree (rlimits are per process), reports out-of-memory kills, and can kill every process
+in it, daemons included. Without it the back-ends fall back to rlimits and PID namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+GROUP_NAME = "rlvr-sandbox"
+
+# Prepended to a command: the shell moves itself into the cgroups named before "--", then execs
+# the command, so nothing the command starts can be outside them (no race with fork).
+JOIN_PREFIX = [
+    "sh", "-c", 'pid=$$; while [ "$1" != -- ]; do echo "$pid" > "$1" || exit 125; shift; done; shift; exec "$@"', "sh",
+]
+
+
+class Cgroup:
+    """One run's cgroup(s): ``create`` returns None when cgroups cannot be used here."""
+
+    def __init__(self, directories: list[Path], version: int):
+        self.directories = directories
+        self.version = version
+
+    @classmethod
+    def create(cls, memory_bytes: int, max_pids: int) -> Cgroup | None:
+        if os.geteuid() != 0:
+            return None
+        name = f"run-{uuid.uuid4().hex[:12]}"
+        try:
+            if (CGROUP_ROOT / "cgroup.controllers").is_file():
+                return cls._create_v2(name, memory_bytes, max_pids)
+            if (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").is_file() and (CGROUP_ROOT / "pids").is_dir():
+                return cls._create_v1(name, memory_bytes, max_pids)
+        except OSError:
+            return None
+        return None
+
+    @classmethod
+    def _create_v1(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup:
+        memory = CGROUP_ROOT / "memory" / GROUP_NAME / name
+        pids = CGROUP_ROOT / "pids" / GROUP_NAME / name
+        group = cls([memory, pids], version=1)
+        try:
+            memory.mkdir(parents=True)
+            pids.mkdir(parents=True)
+            (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+            with contextlib.suppress(OSError):  # only where swap accounting is on
+                (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+            (pids / "pids.max").write_text(str(max_pids))
+        except OSError:
+            group.remove()
+            raise
+        return group
+
+    @classmethod
+    def _create_v2(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup:
+        parent = CGROUP_ROOT / GROUP_NAME
+        parent.mkdir(exist_ok=True)
+        (parent / "cgroup.subtree_control").write_text("+memory +pids")
+        directory = parent / name
+        group = cls([directory], version=2)
+        try:
+            directory.mkdir()
+            (directory / "memory.max").write_text(str(memory_bytes))
+            with contextlib.suppress(OSError):
+                (directory / "memory.swap.max").write_text("0")
+            (directory / "pids.max").write_text(str(max_pids))
+        except OSError:
+            group.remove()
+            raise
+        return group
+
+    def join_argv(self) -> list[str]:
+        """Command prefix that puts the command into this cgroup before it runs."""
+        return [*JOIN_PREFIX, *(str(directory / "cgroup.procs") for directory in self.directories), "--"]
+
+    def out_of_memory(self) -> bool:
+        """True if the kernel killed a process of the run for exceeding the memory limit."""
+        events = self.directories[0] / ("memory.events" if self.version == 2 else "memory.oom_control")
+        with contextlib.suppress(OSError):
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        return False
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.directories:
+            with contextlib.suppress(OSError):
+                found.update(int(pid) for pid in (directory / "cgroup.procs").read_text().split())
+        return found
+
+    def kill_all(self, wait: float = 2.0) -> None:
+        """SIGKILL every process in the cgroup until none is left (new forks included)."""
+        deadline = time.monotonic() + wait
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        """Kill what is left and delete the cgroup directories."""
+        self.kill_all()
+        for directory in self.directories:
+            for _ in range(200):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # busy for a moment while killed processes are reaped
+                    time.sleep(0.005)

@@ -1,0 +1,366 @@
+"""What every sandbox back-end shares: limits, results, the ``Sandbox`` base class, and the
+streaming process runner used by the back-ends that start a local process (bwrap, subprocess).
+
+A back-end implements :meth:`Sandbox._execute`; argument checking, language selection, result
+classification and batching live here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+from rlvr.config import option
+
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "sandbox_error")
+
+# bwrap is started as this unprivileged uid and gid ("nobody") whenever the host side is root, so
+# that RLIMIT_NPROC binds (the kernel exempts uid 0 from it) and host files stay out of reach.
+SANDBOX_UID = 65534
+
+# Back-ends that run programs as host uids (subprocess, docker) give each run or container its own
+# uid from this range: RLIMIT_NPROC counts processes per host uid, so a shared uid would let one
+# run's processes count against another's limit.
+RUN_UID_RANGE = (200_000, 300_000)
+
+
+def fresh_run_uid() -> int:
+    """An unprivileged host uid from :data:`RUN_UID_RANGE` for one run or container."""
+    return RUN_UID_RANGE[0] + secrets.randbelow(RUN_UID_RANGE[1] - RUN_UID_RANGE[0])
+
+
+# The only environment sandboxed code sees (plus PWD set by the shell-less exec).
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+# The environment of launcher processes started on the host: nothing from the caller's.
+LAUNCHER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+class SandboxError(RuntimeError):
+    """A back-end that cannot run here; the message says what to install or configure."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run. Every back-end enforces all of them (see docs/sandboxes.md)."""
+
+    timeout: float = option(10.0, "Wall-clock seconds before the whole process tree is killed (status 'timeout').")
+    memory_mb: int = option(512, "Memory of the run in MiB: address space per process, and the whole tree where cgroups are available.")
+    cpu_seconds: int | None = option(None, "CPU seconds per process (RLIMIT_CPU); None: the timeout rounded up, plus one.")
+    max_processes: int = option(64, "Processes and threads the run may have at once.")
+    max_open_files: int = option(256, "Open file descriptors per process (RLIMIT_NOFILE).")
+    max_file_mb: int = option(32, "Largest file a process may write, in MiB (RLIMIT_FSIZE).")
+    disk_mb: int = option(64, "Size of each private writable file system (the work dir and /tmp), in MiB.")
+    max_output_bytes: int = option(1 << 20, "Bytes kept from each of stdout and stderr; more kills the run (status 'output_limit').")
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"sandbox limit {field.name}={value!r} must be a positive number")
+
+    @property
+    def cpu_limit(self) -> int:
+        return self.cpu_seconds if self.cpu_seconds is not None else int(self.timeout) + 1
+
+    def rlimits(self) -> dict[str, int]:
+        """The per-process limits, by ``resource`` module name (RLIMIT_AS, ...), soft = hard."""
+        return {
+            "RLIMIT_AS": self.memory_mb << 20,
+            "RLIMIT_NPROC": self.max_processes,
+            "RLIMIT_NOFILE": self.max_open_files,
+            "RLIMIT_FSIZE": self.max_file_mb << 20,
+            "RLIMIT_CPU": self.cpu_limit,
+            "RLIMIT_CORE": 0,
+        }
+
+    def prlimit_argv(self) -> list[str]:
+        """``prlimit`` (util-linux) options that set :meth:`rlimits` before exec'ing the program."""
+        names = {"RLIMIT_AS": "as", "RLIMIT_NPROC": "nproc", "RLIMIT_NOFILE": "nofile", "RLIMIT_FSIZE": "fsize",
+                 "RLIMIT_CPU": "cpu", "RLIMIT_CORE": "core"}
+        return ["prlimit", *(f"--{names[key]}={value}:{value}" for key, value in self.rlimits().items()), "--"]
+
+
+@dataclass(frozen=True)
+class Language:
+    """How to run a program of one language: the file the code goes in and the command, run in
+    the work dir. More languages are more entries in :data:`LANGUAGES`."""
+
+    name: str
+    filename: str
+    argv: tuple[str, ...]
+
+
+LANGUAGES: dict[str, Language] = {
+    "python": Language("python", "main.py", ("python3", "main.py")),
+}
+
+
+@dataclass
+class ExecResult:
+    """The outcome of one run. ``status`` is one of :data:`STATUSES`; ``exit_code`` is negative
+    when the process was killed by that signal, and None when it never ran or was killed by us."""
+
+    status: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    wall_time: float
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.stdout_truncated or self.stderr_truncated
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class RawOutcome:
+    """What a back-end observed, before classification into an :class:`ExecResult`."""
+
+    pid: int
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    wall_time: float
+    timed_out: bool = False
+    output_overflow: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    out_of_memory: bool = False
+
+
+def classify(raw: RawOutcome) -> ExecResult:
+    """The status of a run from what was observed. Order matters: a flood that also timed out is
+    reported as the flood, a memory kill by its cause rather than as an error."""
+    stderr = raw.stderr.decode("utf-8", "replace")
+    if raw.output_overflow:
+        status = "output_limit"
+    elif raw.timed_out:
+        status = "timeout"
+    elif raw.out_of_memory or _ends_with_memory_error(stderr):
+        status = "memory"
+    elif raw.exit_code == 0:
+        status = "ok"
+    else:
+        status = "error"
+    return ExecResult(
+        status=status,
+        exit_code=None if raw.timed_out or raw.output_overflow else raw.exit_code,
+        stdout=raw.stdout.decode("utf-8", "replace"),
+        stderr=stderr,
+        wall_time=raw.wall_time,
+        stdout_truncated=raw.stdout_truncated,
+        stderr_truncated=raw.stderr_truncated,
+    )
+
+
+def _ends_with_memory_error(stderr: str) -> bool:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return bool(lines) and lines[-1].startswith("MemoryError")
+
+
+def check_files(files: Mapping[str, str | bytes] | None, program_name: str) -> dict[str, bytes]:
+    """Relative file names (no ``..``) to bytes; the program itself must not be overwritten."""
+    result: dict[str, bytes] = {}
+    for name, content in (files or {}).items():
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or not path.parts or name != str(path):
+            raise ValueError(f"sandbox file name {name!r} must be a plain relative path inside the work dir")
+        if name == program_name:
+            raise ValueError(f"sandbox file {name!r} would overwrite the program; pass the code as `code`")
+        result[name] = content.encode() if isinstance(content, str) else bytes(content)
+    return result
+
+
+class Sandbox:
+    """Runs untrusted programs under :class:`Limits`. Build one with ``sandboxes.get(name, **limits)``;
+    the keyword arguments are the default limits of every run."""
+
+    name: ClassVar[str] = ""
+    # False for back-ends that only limit resources and do not isolate (see sandboxes.subprocess).
+    isolated: ClassVar[bool] = True
+
+    def __init__(self, **limits: Any):
+        unknown = set(limits) - {field.name for field in dataclasses.fields(Limits)}
+        if unknown:
+            valid = ", ".join(field.name for field in dataclasses.fields(Limits))
+            raise TypeError(f"unknown sandbox option(s) {sorted(unknown)}; valid: {valid}")
+        self.limits = Limits(**limits)
+
+    def run(
+        self,
+        code: str,
+        *,
+        stdin: str | bytes = "",
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        language: str = "python",
+        **limits: Any,
+    ) -> ExecResult:
+        """Run ``code`` as the main program of ``language`` with ``files`` beside it in a fresh
+        work dir. Unset limits come from the sandbox's defaults. Never raises for anything the
+        program does; a back-end failure is status ``sandbox_error`` with the reason in stderr."""
+        overrides = {key: value for key, value in {"timeout": timeout, "memory_mb": memory_mb, **limits}.items()
+                     if value is not None}
+        run_limits = dataclasses.replace(self.limits, **overrides)
+        try:
+            spec = LANGUAGES[language]
+        except KeyError:
+            raise ValueError(f"unknown language {language!r}; available: {', '.join(LANGUAGES)}") from None
+        all_files = {**check_files(files, spec.filename), spec.filename: code.encode()}
+        stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        started = time.monotonic()
+        try:
+            raw = self._execute(list(spec.argv), all_files, stdin_bytes, run_limits)
+        except SandboxError as error:
+            return ExecResult("sandbox_error", None, "", str(error), time.monotonic() - started)
+        return classify(raw)
+
+    def run_batch(
+        self, programs: Sequence[str | Mapping[str, Any]], *, workers: int = 2, **common: Any
+    ) -> list[ExecResult]:
+        """Run many programs with at most ``workers`` at once; results in input order. Each item is
+        the code, or a mapping of :meth:`run` arguments (``{"code": ..., "stdin": ...}``);
+        ``common`` arguments apply to every item unless the item sets them."""
+        jobs = [{"code": item} if isinstance(item, str) else dict(item) for item in programs]
+        if workers < 1:
+            raise ValueError(f"workers={workers} must be at least 1")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda job: self.run(**{**common, **job}), jobs))
+
+    def close(self) -> None:
+        """Release what the back-end keeps between runs (warm containers); runs may follow."""
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _execute(self, argv: list[str], files: dict[str, bytes], stdin: bytes, limits: Limits) -> RawOutcome:
+        raise NotImplementedError
+
+    @classmethod
+    def unavailable_reason(cls, **options: Any) -> str | None:
+        """Why this back-end cannot run here (None if it can); used by ``sandboxes.get("auto")``."""
+        return None
+
+
+def stream_process(
+    argv: list[str],
+    *,
+    stdin: bytes,
+    limits: Limits,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    kill: Callable[[subprocess.Popen], None] | None = None,
+) -> RawOutcome:
+    """Start ``argv`` and feed/collect its pipes incrementally: stdout and stderr are each kept up
+    to ``limits.max_output_bytes`` and one byte more kills the run, so a flood never fills host
+    memory. At ``limits.timeout`` the run is killed with ``kill(process)`` (default: SIGKILL to its
+    process group). Output is collected until the main process exits; children it leaves behind
+    are the back-end's to kill."""
+    kill = kill or _kill_process_group
+    cap = limits.max_output_bytes
+    started = time.monotonic()
+    deadline = started + limits.timeout
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env), cwd=cwd,
+        pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
+    )
+    outputs = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    overflow = {fd: False for fd in outputs}
+    pending_stdin = memoryview(stdin)
+    selector = selectors.DefaultSelector()
+    for fd in outputs:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    stdin_fd = process.stdin.fileno()
+    if pending_stdin:
+        os.set_blocking(stdin_fd, False)
+        selector.register(stdin_fd, selectors.EVENT_WRITE)
+    else:
+        process.stdin.close()
+    timed_out = False
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            # Once the main process has exited, only drain what is already buffered.
+            exited = process.poll() is not None
+            events = selector.select(0 if exited else min(remaining, 0.5))
+            if exited and not events:
+                break
+            for key, _ in events:
+                fd = key.fd
+                if fd == stdin_fd:
+                    try:
+                        written = os.write(fd, pending_stdin[:65536])
+                        pending_stdin = pending_stdin[written:]
+                    except (BrokenPipeError, BlockingIOError):
+                        pending_stdin = pending_stdin[:0]
+                    if not pending_stdin:
+                        selector.unregister(fd)
+                        process.stdin.close()
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    selector.unregister(fd)
+                    continue
+                buffer = outputs[fd]
+                buffer += chunk[: cap + 1 - len(buffer)]
+                if len(buffer) > cap:
+                    del buffer[cap:]
+                    overflow[fd] = True
+            if any(overflow.values()):
+                break
+        if timed_out or any(overflow.values()):
+            kill(process)
+        try:
+            exit_code = process.wait(timeout=max(deadline - time.monotonic(), 0) + 0.5)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill(process)
+            exit_code = process.wait()
+    finally:
+        selector.close()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream and not stream.closed:
+                stream.close()
+    stdout_fd, stderr_fd = list(outputs)
+    return RawOutcome(
+        pid=process.pid,
+        exit_code=exit_code,
+        stdout=bytes(outputs[stdout_fd]),
+        stderr=bytes(outputs[stderr_fd]),
+        wall_time=time.monotonic() - started,
+        timed_out=timed_out,
+        output_overflow=any(overflow.values()),
+        stdout_truncated=overflow[stdout_fd],
+        stderr_truncated=overflow[stderr_fd],
+    )
+
+
+def _kill_process_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
