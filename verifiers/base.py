@@ -116,6 +116,15 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
+
+    def start(self, count: int) -> None:
+        """Start workers ahead of need (without waiting), so that the first calls do not wait for
+        start-up, e.g. before a batch of ``count`` concurrent calls."""
+        with self._lock:
+            missing = min(count, self._max_idle) - len(self._idle)
+        for _ in range(missing):
+            self._checkin(self._new_worker())
 
     def call(self, *args: Any, timeout: float) -> Any:
         """``target(*args)`` in a worker. Raises :class:`CallTimeout`, :class:`WorkerCrashed` or
@@ -152,6 +161,8 @@ class WorkerPool:
 
     def _checkout(self) -> _Worker:
         with self._lock:
+            if os.getpid() != self._pid:  # a forked copy: the idle workers belong to the parent
+                self._pid, self._idle = os.getpid(), []
             while self._idle:
                 worker = self._idle.pop(0)
                 if worker.alive():

@@ -8,6 +8,8 @@ is killed when it exceeds ``time_limit``, which works from any thread (math-veri
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from verifiers import register
@@ -50,6 +52,14 @@ class MathVerifier(Verifier):
             functools.partial(judge_in_worker, rel_tol=rel_tol),
             initializer=warm_up,
         )
+        self._pool.start(1)
+
+    def verify_batch(
+        self, completions: Sequence[str], references: Sequence[Any], workers: int | None = None
+    ) -> list[Verdict]:
+        """Verdicts in input order; SymPy work runs in up to ``workers`` processes (default: one per CPU)."""
+        self._pool.start(workers or os.cpu_count() or 1)
+        return super().verify_batch(completions, references, workers)
 
     def verify(self, completion: str, reference: Any) -> Verdict:
         """The verdict for ``completion`` against the gold answer ``reference`` (a string, a

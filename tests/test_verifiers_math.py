@@ -1,0 +1,219 @@
+"""The math verifier against labelled cases, real data sets and pathological inputs, plus the
+time-bounded worker pool it runs on."""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import verifiers
+from rlvr.cli import main
+from verifiers.base import CallTimeout, RemoteError, WorkerCrashed, WorkerPool
+
+CASES = Path(__file__).parent / "data" / "math_cases.jsonl"
+TIME_LIMIT = 2.0  # the default
+SLACK = 1.5  # seconds above the bound we accept for killing a worker on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def checker():
+    math_checker = verifiers.get("math", time_limit=TIME_LIMIT)
+    yield math_checker
+    math_checker.close()
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_registered():
+    assert "math" in verifiers.available()
+    assert type(verifiers.get("math")).__name__ == "MathVerifier"
+
+
+def test_labelled_cases(checker):
+    rows = _rows(CASES)
+    assert len(rows) >= 200
+    classes = {row["class"] for row in rows}
+    assert {"number", "thousands", "units", "equation", "interval_set_tuple", "matrix", "choice", "text"} <= classes
+    assert {"think", "hedging", "adversarial", "gsm8k", "extraction"} <= classes
+    verdicts = checker.verify_batch([r["completion"] for r in rows], [r["reference"] for r in rows])
+    wrong = [
+        (row["class"], row["completion"][-80:], row["reference"], row["expected"], verdict.reason)
+        for row, verdict in zip(rows, verdicts, strict=True)
+        if verdict.correct != bool(row["expected"])
+    ]
+    assert wrong == []
+    for verdict in verdicts:
+        assert verdict.reward == float(verdict.correct)
+
+
+def test_reasons_and_extracted(checker):
+    verdict = checker.verify("Thus \\boxed{\\frac{1}{2}}.", "0.5")
+    assert (verdict.correct, verdict.reason, verdict.extracted) == (True, "correct", "\\frac{1}{2}")
+    assert checker.verify("\\boxed{3} or \\boxed{4}", "3").reason == "several different answers"
+    assert checker.verify("I do not know.", "3").reason == "no answer"
+    assert checker.verify("<think>\\boxed{3}", "3").reason == "no answer"
+    assert checker.verify("\\boxed{4}", "3").reason == "wrong"
+    assert checker.verify("\\boxed{9^{9^{9^{9^{9}}}}}", "3").reason == "timeout"
+
+
+def test_options():
+    boxed_only = verifiers.get("math", require_boxed=True)
+    assert not boxed_only.verify("The answer is 5.", "5").correct
+    assert boxed_only.verify("The answer is \\boxed{5}.", "5").correct
+    last = verifiers.get("math", on_multiple="last")
+    assert last.verify("\\boxed{3} or rather \\boxed{4}", "4").correct
+    assert not last.verify("\\boxed{4} or rather \\boxed{3}", "4").correct
+    loose = verifiers.get("math", rel_tol=1e-2)
+    assert loose.verify("\\boxed{3.14}", "\\pi").correct  # |3.14 - pi| / pi = 5e-4
+    assert not verifiers.get("math").verify("\\boxed{3.14}", "\\pi").correct
+    assert not loose.verify("\\boxed{3.2}", "\\pi").correct  # 1.9e-2
+    with pytest.raises(ValueError, match="on_multiple"):
+        verifiers.get("math", on_multiple="first")
+
+
+@pytest.mark.parametrize(
+    "completion, reference",
+    [(None, "3"), ("\\boxed{3}", None), ("\\boxed{3}", ""), (b"\\boxed{3}", "3"), ("\\boxed{3}", {"a": 1})],
+)
+def test_never_raises(checker, completion, reference):
+    verdict = checker.verify(completion, reference)
+    assert verdict.correct is False or completion == b"\\boxed{3}"
+    assert isinstance(verdict.reason, str) and verdict.reason
+
+
+def test_reference_forms(checker):
+    assert checker.verify("\\boxed{18}", 18).correct
+    assert checker.verify("\\boxed{\\frac{1}{2}}", ["0.5", "1/3"]).correct
+    assert checker.verify("\\boxed{2}", "The answer is \\boxed{2}").correct
+
+
+def test_timeout_bounded_from_a_thread(checker):
+    result = {}
+
+    def check():
+        started = time.monotonic()
+        result["verdict"] = checker.verify("\\boxed{10^{10^{10^{10}}}}", "10")
+        result["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=check)
+    thread.start()
+    thread.join(timeout=30)
+    assert result["verdict"].reason == "timeout"
+    assert result["seconds"] < TIME_LIMIT + SLACK
+    # the killed worker was replaced: the next verification works
+    assert checker.verify("\\boxed{x^2-1}", "(x-1)(x+1)").correct
+
+
+def _verify_in_child(queue) -> None:
+    math_checker = verifiers.get("math", time_limit=TIME_LIMIT)
+    math_checker.verify("\\boxed{\\sqrt{4}}", "2")  # the worker's one-off start-up is not part of the bound
+    started = time.monotonic()
+    slow = math_checker.verify("\\boxed{9^{9^{9^{9^{9}}}}}", "1")
+    queue.put((slow.reason, time.monotonic() - started, math_checker.verify("\\boxed{(x+1)^2}", "x^2+2x+1").correct))
+
+
+def test_works_in_a_daemon_child_process():
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_verify_in_child, args=(queue,), daemon=True)
+    child.start()
+    reason, seconds, correct = queue.get(timeout=60)
+    child.join(timeout=10)
+    assert (reason, correct) == ("timeout", True)
+    assert seconds < TIME_LIMIT + SLACK
+
+
+def test_batch_counts_timeouts_and_keeps_order(checker):
+    completions = ["\\boxed{1}", "\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{3}", "none", "\\boxed{x+x}"]
+    references = ["1", "1", "4", "1", "2x"]
+    verdicts = checker.verify_batch(completions, references, workers=2)
+    assert [v.reason for v in verdicts] == ["correct", "timeout", "wrong", "no answer", "correct"]
+    stats = verifiers.BatchStats.of(verdicts)
+    assert (stats.total, stats.correct, stats.timeouts, stats.errors) == (5, 2, 1, 0)
+
+
+def test_worker_pool_replaces_dead_and_hung_workers():
+    crashing = WorkerPool(functools.partial(os._exit, 3))
+    with pytest.raises(WorkerCrashed):
+        crashing.call(timeout=5)
+    with pytest.raises(WorkerCrashed):  # a fresh worker, which dies too
+        crashing.call(timeout=5)
+    crashing.close()
+    sleeper = WorkerPool(time.sleep)
+    started = time.monotonic()
+    with pytest.raises(CallTimeout):
+        sleeper.call(60, timeout=0.5)
+    assert time.monotonic() - started < 0.5 + SLACK
+    assert sleeper.call(0, timeout=5) is None
+    sleeper.close()
+    parser = WorkerPool(int)
+    assert parser.call("12", timeout=5) == 12
+    with pytest.raises(RemoteError, match="ValueError"):
+        parser.call("twelve", timeout=5)
+    assert parser.call("7", timeout=5) == 7  # the worker survives an exception in the target
+    parser.close()
+
+
+def test_math500_gold_answers_verify(checker, shared_data):
+    rows = _rows(shared_data / "math500.jsonl")
+    verdicts = checker.verify_batch([f"So the answer is $\\boxed{{{r['answer']}}}$." for r in rows], [r["answer"] for r in rows])
+    failures = [(r["answer"], v.reason) for r, v in zip(rows, verdicts, strict=True) if not v.correct]
+    assert failures == []
+
+
+def test_math_verify_own_cases(checker, shared_data):
+    """math-verify's test cases where the prediction states a final answer the way we read it
+    (boxed or "answer is"), compared with its default settings."""
+    from verifiers._math_answer import extract_answers
+
+    rows = [
+        r
+        for r in _rows(shared_data / "math_verify_tests.jsonl")
+        if r["test_call"].startswith("assert compare_strings(gold, pred, match_types=")
+        and r["test_call"].endswith(") == expected")
+        and "precision" not in r["test_call"]
+        and extract_answers(r["prediction"]).answers
+    ]
+    assert len(rows) > 100
+    verdicts = checker.verify_batch([r["prediction"] for r in rows], [r["gold"] for r in rows])
+    agree = sum(v.correct == bool(r["expected"]) for r, v in zip(rows, verdicts, strict=True))
+    # The rest are deliberate differences: several boxed solutions we score as hedging, and
+    # "Final Answer: <a sentence>" statements we do not mine for a number.
+    assert agree / len(rows) >= 0.9
+
+
+def test_cli_single_and_input_output(tmp_path, capsys):
+    assert main(["verify", "math", "--completion", "so \\boxed{1/2}", "--reference", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["correct"] is True
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "\n".join(json.dumps(r) for r in [{"completion": "\\boxed{2}", "reference": "2"}, {"completion": "x", "reference": "2"}])
+    )
+    out = tmp_path / "verdicts.jsonl"
+    assert main(["verify", "math", "--input", str(rows), "--output", str(out)]) == 0
+    assert [json.loads(line)["reason"] for line in out.read_text().splitlines()] == ["correct", "no answer"]
+    assert "2 rows: 1 correct" in capsys.readouterr().out
+
+
+def test_cli_audit_reports_disagreements(tmp_path, capsys):
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [
+        {"completion": "\\boxed{2}", "reference": "2", "expected": 1},
+        {"completion": "\\boxed{3}", "reference": "2", "expected": 1},  # a label the verifier disputes
+        {"completion": "\\boxed{3}", "reference": "2", "expected": 0},
+    ]
+    labelled.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["verify", "math", "--audit", str(labelled)]) == 1
+    out = capsys.readouterr().out
+    assert "agreement with labels: 2/3" in out
+    assert "line 2: label 1, verifier wrong" in out
+    assert main(["verify", "math", "--audit", str(tmp_path / "missing.jsonl")]) == 2
