@@ -217,6 +217,19 @@ def truncated_is_weights(trainer_logprobs: Tensor, sampler_logprobs: Tensor, cap
     return log_ratio.exp().clamp(max=cap)
 
 
+# Metric names of policy_loss in the order it computes them, with their values when the mask is empty.
+_NO_TOKEN_LOSS_METRICS = {
+    "clip_frac_low": 0.0,
+    "clip_frac_high": 0.0,
+    "dual_clip_frac": 0.0,
+    "ratio_mean": 1.0,
+    "ratio_max": 1.0,
+    "ratio_min": 1.0,
+    "approx_kl": 0.0,
+    "num_tokens": 0.0,
+}
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -274,24 +287,26 @@ def policy_loss(
 
     with torch.no_grad():
         active = mask.bool()
-        num_tokens = int(active.sum().item())
-        token_ratio = ratio[active]
-        token_adv = advantages[active]
-
-        def fraction(hit: Tensor) -> float:
-            return float(hit.float().mean().item()) if num_tokens else 0.0
-
-        metrics = {
-            "clip_frac_low": fraction((token_adv < 0) & (token_ratio < 1.0 - clip_low)),
-            "clip_frac_high": fraction((token_adv > 0) & (token_ratio > 1.0 + clip_high)),
-            "dual_clip_frac": fraction((token_adv < 0) & (token_ratio > dual_clip)) if dual_clip else 0.0,
-            "ratio_mean": float(token_ratio.mean().item()) if num_tokens else 1.0,
-            "ratio_max": float(token_ratio.max().item()) if num_tokens else 1.0,
-            "ratio_min": float(token_ratio.min().item()) if num_tokens else 1.0,
-            "approx_kl": float(((token_ratio - 1.0) - log_ratio[active]).mean().item()) if num_tokens else 0.0,
-            "num_tokens": float(num_tokens),
-        }
-    return loss, metrics
+        token_ratio, token_adv, token_log_ratio = ratio[active].float(), advantages[active], log_ratio[active].float()
+        if token_ratio.numel() == 0:
+            return loss, dict(_NO_TOKEN_LOSS_METRICS)
+        if dual_clip is None:
+            dual_clipped = torch.zeros_like(token_ratio, dtype=torch.bool)
+        else:
+            dual_clipped = (token_adv < 0) & (token_ratio > dual_clip)
+        stats = torch.stack(
+            [
+                ((token_adv < 0) & (token_ratio < 1.0 - clip_low)).float().mean(),
+                ((token_adv > 0) & (token_ratio > 1.0 + clip_high)).float().mean(),
+                dual_clipped.float().mean(),
+                token_ratio.mean(),
+                token_ratio.max(),
+                token_ratio.min(),
+                ((token_ratio - 1.0) - token_log_ratio).mean(),
+                token_ratio.new_tensor(float(token_ratio.numel())),
+            ]
+        ).tolist()  # one device sync for all metrics
+    return loss, dict(zip(_NO_TOKEN_LOSS_METRICS, stats, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,16 +373,17 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Tensor, token_ids: Tensor, chunk_rows: int) -> Tensor:
         ids = token_ids.reshape(-1, 1)
-        logsumexp = torch.empty(ids.shape[0], dtype=_compute_dtype(logits), device=logits.device)
-        chosen = torch.empty_like(logsumexp)
+        chosen = torch.empty(ids.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+        logsumexp = torch.empty_like(chosen)
         for start, block in _row_blocks(logits, chunk_rows):
             stop = start + block.shape[0]
-            block = block.to(logsumexp.dtype)
-            logsumexp[start:stop] = torch.logsumexp(block, dim=-1)
-            chosen[start:stop] = block.gather(-1, ids[start:stop]).squeeze(-1)
+            block = block.to(chosen.dtype)
+            chosen[start:stop] = torch.log_softmax(block, dim=-1).gather(-1, ids[start:stop]).squeeze(-1)
+            # log p_token = z_token - logsumexp(z), so the row's logsumexp comes for free.
+            logsumexp[start:stop] = block.gather(-1, ids[start:stop]).squeeze(-1) - chosen[start:stop]
         ctx.save_for_backward(logits, ids, logsumexp)
         ctx.chunk_rows = chunk_rows
-        return (chosen - logsumexp).view(token_ids.shape)
+        return chosen.view(token_ids.shape)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
@@ -375,12 +391,16 @@ class _TokenLogprobs(torch.autograd.Function):
         grad_rows = grad_out.reshape(-1, 1).to(logsumexp.dtype)
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         flat_grad = grad.view(-1, logits.shape[-1])
+        in_place = grad.dtype == logsumexp.dtype
         for start, block in _row_blocks(logits, ctx.chunk_rows):
             stop = start + block.shape[0]
-            # d log p_token / dz = onehot(token) - softmax(z)
-            piece = -(block.to(logsumexp.dtype) - logsumexp[start:stop, None]).exp() * grad_rows[start:stop]
+            # d log p_token / dz = onehot(token) - softmax(z), built in place to avoid temporaries.
+            piece = flat_grad[start:stop] if in_place else torch.empty_like(block, dtype=logsumexp.dtype)
+            torch.sub(block, logsumexp[start:stop, None], out=piece)
+            piece.exp_().mul_(-grad_rows[start:stop])
             piece.scatter_add_(-1, ids[start:stop], grad_rows[start:stop])
-            flat_grad[start:stop] = piece
+            if not in_place:
+                flat_grad[start:stop] = piece
         return grad, None, None
 
 
