@@ -78,17 +78,20 @@ def compute_advantages(rewards: Tensor, group_size: int, estimator: str = "grpo"
     ``estimator`` is a name in :data:`ADVANTAGE_ESTIMATORS`. A group whose rewards are all equal carries no
     signal and gets exactly zero advantages (never NaN).
     """
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be a flat tensor [N], got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"{rewards.numel()} rewards do not split into groups of {group_size}; "
-            "pass group_size samples for every prompt"
-        )
-    grouped = rewards.to(torch.float32).view(-1, group_size)
+    grouped = _by_group(rewards, group_size, "rewards").to(torch.float32)
     advantages = ADVANTAGE_ESTIMATORS.get(estimator)(grouped)
     flat_group = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
     return advantages.masked_fill(flat_group, 0.0).reshape(-1)
+
+
+def _by_group(values: Tensor, group_size: int, name: str) -> Tensor:
+    """``values [N]`` viewed as ``[N / group_size, group_size]``; a clear error if that does not fit."""
+    if values.dim() != 1 or group_size < 1 or values.numel() % group_size != 0:
+        raise ValueError(
+            f"{name} of shape {tuple(values.shape)} do not split into groups of {group_size}; "
+            "pass a flat tensor with group_size samples for every prompt, groups contiguous"
+        )
+    return values.reshape(-1, group_size)
 
 
 def _require_group_size(grouped: Tensor, estimator: str) -> None:
@@ -137,12 +140,7 @@ def reinforce_pp_baseline_advantages(grouped: Tensor) -> Tensor:
 
 def dynamic_sampling_mask(rewards: Tensor, group_size: int) -> Tensor:
     """DAPO dynamic sampling: ``bool[num_groups]``, True for groups whose rewards are not all equal."""
-    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}; "
-            "pass a flat tensor with group_size samples for every prompt"
-        )
-    grouped = rewards.view(-1, group_size)
+    grouped = _by_group(rewards, group_size, "rewards")
     return grouped.amax(dim=1) != grouped.amin(dim=1)
 
 
@@ -492,12 +490,9 @@ def kimi_length_penalty(correct: Tensor, lengths: Tensor, group_size: int) -> Te
     With ``lambda = 0.5 - (len - min_len) / (max_len - min_len)`` over the group's lengths in tokens,
     correct samples get ``lambda`` and wrong ones ``min(0, lambda)``; a group of equal lengths gets 0.
     """
-    if lengths.dim() != 1 or lengths.numel() % group_size != 0 or correct.shape != lengths.shape:
-        raise ValueError(
-            f"correct {tuple(correct.shape)} and lengths {tuple(lengths.shape)} must be flat, equal-sized and "
-            f"split into groups of {group_size}"
-        )
-    grouped = lengths.to(torch.float32).view(-1, group_size)
+    if correct.shape != lengths.shape:
+        raise ValueError(f"correct {tuple(correct.shape)} and lengths {tuple(lengths.shape)} must have the same shape")
+    grouped = _by_group(lengths, group_size, "lengths").to(torch.float32)
     shortest = grouped.amin(dim=1, keepdim=True)
     spread = grouped.amax(dim=1, keepdim=True) - shortest
     lam = torch.where(spread > 0, 0.5 - (grouped - shortest) / spread.masked_fill(spread == 0, 1.0), 0.0)

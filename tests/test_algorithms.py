@@ -104,6 +104,8 @@ def test_dynamic_sampling_mask():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5])
     assert dynamic_sampling_mask(rewards, 2).tolist() == [False, True, False, False]
     assert dynamic_sampling_mask(rewards, 4).tolist() == [True, True]
+    with pytest.raises(ValueError, match="groups of 3"):
+        dynamic_sampling_mask(rewards, 3)
 
 
 # --- policy loss ------------------------------------------------------------------------------------
@@ -320,6 +322,8 @@ def test_kimi_length_penalty():
     correct = torch.tensor([True, True, False, False, True, False, True, False, True])
     lengths = torch.tensor([10, 20, 30, 10, 20, 30, 15, 15, 15])
     close(kimi_length_penalty(correct, lengths, 3), [0.5, 0.0, -0.5, 0.0, 0.0, -0.5, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="same shape"):
+        kimi_length_penalty(correct[:3], lengths, 3)
 
 
 def test_target_length_penalty():
