@@ -57,15 +57,17 @@ MAX_LOG_RATIO = 20.0
 DEFAULT_CHUNK_ROWS = 1024
 
 AdvantageEstimator = Callable[[Tensor], Tensor]
+# (loss [B, T] already zero where masked, mask [B, T], norm_len, denominator) -> scalar
 LossAggregation = Callable[[Tensor, Tensor, float, float | None], Tensor]
 KLEstimator = Callable[[Tensor], Tensor]
+
+# (batch, options) -> (reward delta [N] or None, keep mask bool [N] or None); None means "this shaper is off".
+LengthShaper = Callable[["LengthBatch", LengthConfig], tuple[Tensor | None, Tensor | None]]
 
 ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss aggregation")
 KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
-LENGTH_SHAPERS: Registry[Callable[[LengthBatch, LengthConfig], tuple[Tensor | None, Tensor | None]]] = Registry(
-    "length shaper"
-)
+LENGTH_SHAPERS: Registry[LengthShaper] = Registry("length shaper")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +174,9 @@ def aggregate_loss(
         norm_len = float(mask.shape[-1])
     if norm_len <= 0:
         raise ValueError(f"norm_len must be positive, got {norm_len}; pass the maximum response length")
-    return LOSS_AGGREGATIONS.get(agg)(loss_mat, mask.to(loss_mat.dtype), norm_len, denominator)
+    # where(), not loss * mask: a non-finite value at a padded position must not turn the sum into NaN.
+    masked = torch.where(mask.bool(), loss_mat, 0.0)
+    return LOSS_AGGREGATIONS.get(agg)(masked, mask.to(loss_mat.dtype), norm_len, denominator)
 
 
 def _safe_divide(total: Tensor, count: Tensor | float) -> Tensor:
@@ -183,14 +187,14 @@ def _safe_divide(total: Tensor, count: Tensor | float) -> Tensor:
 @LOSS_AGGREGATIONS.register("token-mean")
 def token_mean(loss_mat: Tensor, mask: Tensor, norm_len: float, denominator: float | None) -> Tensor:
     """DAPO token-level loss: ``sum(loss * mask) / sum(mask)`` over every token of the batch."""
-    return _safe_divide((loss_mat * mask).sum(), mask.sum() if denominator is None else denominator)
+    return _safe_divide(loss_mat.sum(), mask.sum() if denominator is None else denominator)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
 def seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, norm_len: float, denominator: float | None) -> Tensor:
     """GRPO paper: mean over sequences of each sequence's mean token loss (empty sequences skipped)."""
     tokens = mask.sum(dim=-1)
-    per_sequence = (loss_mat * mask).sum(dim=-1) / tokens.clamp(min=1.0)
+    per_sequence = loss_mat.sum(dim=-1) / tokens.clamp(min=1.0)
     return _safe_divide(per_sequence.sum(), (tokens > 0).sum() if denominator is None else denominator)
 
 
@@ -198,7 +202,7 @@ def seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, norm_len: float, denomin
 def seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, norm_len: float, denominator: float | None) -> Tensor:
     """Dr. GRPO: mean over sequences of ``sum_t loss / norm_len`` (a constant, not the sequence length)."""
     tokens = mask.sum(dim=-1)
-    per_sequence = (loss_mat * mask).sum(dim=-1) / norm_len
+    per_sequence = loss_mat.sum(dim=-1) / norm_len
     return _safe_divide(per_sequence.sum(), (tokens > 0).sum() if denominator is None else denominator)
 
 

@@ -244,6 +244,14 @@ def test_aggregate_loss_hand_computed():
         aggregate_loss(loss_mat, mask[:, :2], "token-mean")
 
 
+def test_aggregate_loss_ignores_non_finite_values_at_masked_positions():
+    loss_mat = torch.tensor([[1.0, math.inf], [3.0, math.nan]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    for agg in LOSS_AGGREGATIONS.available():
+        assert torch.isfinite(aggregate_loss(loss_mat, mask, agg))
+    close(aggregate_loss(loss_mat, mask, "token-mean"), 2.0)  # (1 + 3) / 2
+
+
 # --- KL, entropy, log-probs -------------------------------------------------------------------------
 
 
