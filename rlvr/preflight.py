@@ -77,7 +77,8 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
             "or set rollout.engine=hf"
         )
     try:
-        examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed)
+        examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed,
+                          **cfg.data.options)
     except Exception as error:  # any loading failure is reported with the task's own message
         problems.append(f"data: {error}")
         examples = []

@@ -6,6 +6,7 @@ Load with ``rlvr.config.load(TrainConfig, path, overrides)``; show with ``rlvr t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rlvr.config import option
 
@@ -23,6 +24,7 @@ class DataConfig:
     path: str | None = option(None, "Local data file (jsonl/json/parquet) to read instead of the task's default source.")
     split: str | None = option(None, "Data split; null uses the task's default training split.")
     limit: int | None = option(None, "Use only the first N examples (after shuffling).")
+    options: dict[str, Any] = option({}, "Task options: column names of your file (problem_column: q), generator knobs (steps: 3).")
     template: str = option("auto", "Prompt template: auto, base, chat or code (see `rlvr tasks show`).")
     max_prompt_tokens: int = option(512, "Prompts longer than this many tokens are dropped, with a count logged.")
     seed: int = option(0, "Seed of the data order.")

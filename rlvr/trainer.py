@@ -90,7 +90,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
     """Load the task, render each example with the prompt template, drop over-long prompts."""
-    examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed)
+    examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed,
+                          **cfg.data.options)
     prompts, dropped = [], 0
     for example in examples:
         ids = tokenizer(tasks.render_prompt(example, tokenizer, cfg.data.template), add_special_tokens=False)["input_ids"]
