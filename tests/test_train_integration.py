@@ -59,10 +59,10 @@ def test_a_run_killed_with_sigkill_resumes_exactly(tiny_model_dir, tmp_path):
 
     interrupted_dir = tmp_path / "interrupted"
     script = (
-        "import sys; sys.path.insert(0, {tests!r}); import train_plugins; "
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import train_plugins; "
         "from rlvr import config; from rlvr.train_config import TrainConfig; from rlvr.trainer import train; "
-        "train(config.load(TrainConfig, None, train_plugins.overrides({model!r}, {out!r}, steps=4)))"
-    ).format(tests=str(Path(__file__).parent), model=str(tiny_model_dir), out=str(interrupted_dir))
+        f"train(config.load(TrainConfig, None, train_plugins.overrides({str(tiny_model_dir)!r}, {str(interrupted_dir)!r}, steps=4)))"
+    )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while len(read_metrics(interrupted_dir)) < 3:  # step 3 logged: step 4 is under way
