@@ -1,4 +1,4 @@
-# Runs inside a warm sandbox container, as root, once per run (`python3 -c <this file> NONCE`).
+# Runs inside a warm sandbox container, as root, once per run (`python3 -c <this file>`).
 # It reads the run's JSON spec from stdin, then starts the program as the container's unprivileged
 # uid in a fresh work dir with the run's rlimits, its stdin from a pipe, and stdout/stderr inherited
 # (the host caps them while streaming). When the program exits or the deadline passes, every
@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 
-NONCE = sys.argv[1]
 spec = json.loads(sys.stdin.buffer.read())
+NONCE = spec["nonce"]  # in the spec, not argv: any process can read another's /proc/PID/cmdline
 uid, gid = spec["uid"], spec["gid"]
 work = "/work/run-" + os.urandom(8).hex()
 OOM_FILE = "/sys/fs/cgroup/memory/memory.oom_control"
@@ -54,7 +54,7 @@ def run_as_sandbox_user(action):
     os.waitpid(pid, 0)
 
 
-def sandbox_pids():
+def sandbox_pids(zombies=False):
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -64,7 +64,7 @@ def sandbox_pids():
             except OSError:
                 continue
             # Zombies are dead already (and our own child stays one until we reap it).
-            if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            if int(fields["Uid"].split()[0]) == uid and (zombies or not fields["State"].strip().startswith("Z")):
                 found.append(int(entry))
     return found
 
@@ -73,8 +73,43 @@ def kill_everything():
     for _ in range(100):
         run_as_sandbox_user(lambda: os.kill(-1, signal.SIGKILL))
         if not sandbox_pids():
+            break
+        time.sleep(0.01)
+
+
+def wait_until_reaped():
+    # Zombies still count against RLIMIT_NPROC and pids.max: the next run must not inherit them.
+    for _ in range(300):
+        if not sandbox_pids(zombies=True):
             return
         time.sleep(0.01)
+
+
+def forbid_user_namespaces():
+    """A seccomp filter (allowed unprivileged under no_new_privs): unshare/clone with CLONE_NEWUSER
+    fail with EPERM, clone3 (whose flags a filter cannot read) with ENOSYS so libc falls back to
+    clone, and syscalls of other architectures with EPERM."""
+    import ctypes
+
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, errno_ret = 0x7FFF0000, 0x00050000
+    program = [
+        (ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, errno_ret | 1),
+        (ld, 0, 0, 0), (jeq, 0, 1, 435), (ret, 0, 0, errno_ret | 38),
+        (jeq, 1, 0, 272), (jeq, 0, 2, 56),
+        (ld, 0, 0, 16), (jset, 1, 0, 0x10000000), (ret, 0, 0, allow), (ret, 0, 0, errno_ret | 1),
+    ]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    instructions = (Instruction * len(program))(*[Instruction(*item) for item in program])
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(Program(len(program), instructions))) != 0:
+        raise OSError(ctypes.get_errno(), "cannot install the seccomp filter")
 
 
 def remove_everything():
@@ -128,6 +163,7 @@ if child == 0:
         os.chdir(work)
         for name, value in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (value, value))
+        forbid_user_namespaces()
         env = dict(spec["env"], PWD=work)
         os.execvpe(spec["argv"][0], spec["argv"], env)
     except BaseException as error:  # noqa: B036 - report anything, then never return into the launcher
@@ -162,6 +198,7 @@ while True:
 kill_everything()
 if status is None:
     status = os.waitpid(child, 0)[1]
+wait_until_reaped()
 elapsed = time.monotonic() - started
 remove_everything()
 exit_code = os.waitstatus_to_exitcode(status)

@@ -37,8 +37,19 @@ from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, Sandbox, SandboxErro
 PODMAN_SOCKET = "/run/rlvr/podman.sock"
 DEFAULT_IMAGE = "localhost/rlvr-sandbox-python:bookworm"
 LAUNCHER = (Path(__file__).with_name("_docker_launcher.py")).read_text()
-# PID 1 of a warm container: reaps the orphans of past runs so they do not pile up as zombies.
-REAPER = "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(1)"
+# PID 1 of a warm container: reaps the orphans of past runs at once (they count against the
+# process limits until reaped), sleeping in sigwait between SIGCHLDs.
+REAPER = """
+import os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    signal.sigwait([signal.SIGCHLD])
+"""
 # Headroom above the program's memory for the launcher and the tmpfs pages, in MiB.
 CONTAINER_MEMORY_HEADROOM_MB = 96
 START_GRACE_SECONDS = 5.0
@@ -176,14 +187,14 @@ class DockerSandbox(Sandbox):
         nonce = secrets.token_hex(16)
         rlimits = {key: value for key, value in limits.rlimits().items()}
         spec = {
-            "uid": uid, "gid": uid, "argv": argv, "env": SANDBOX_ENV, "timeout": limits.timeout, "rlimits": rlimits,
+            "nonce": nonce, "uid": uid, "gid": uid, "argv": argv, "env": SANDBOX_ENV, "timeout": limits.timeout, "rlimits": rlimits,
             "files": {name: base64.b64encode(content).decode() for name, content in files.items()},
             "stdin": base64.b64encode(stdin).decode(),
         }
         api = self.client.api
         started = time.monotonic()
         try:
-            exec_id = api.exec_create(container.id, ["python3", "-c", LAUNCHER, nonce], stdin=True, user="0:0")["Id"]
+            exec_id = api.exec_create(container.id, ["python3", "-c", LAUNCHER], stdin=True, user="0:0")["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except Exception as error:
             raise SandboxError(f"docker exec failed: {error}") from None
