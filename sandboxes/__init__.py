@@ -50,9 +50,15 @@ def get(name: str = "auto", **defaults: Any) -> Sandbox:
     )
 
 
+def unavailable_reason(name: str, **options: Any) -> str | None:
+    """Why back-end ``name`` cannot run on this machine, or None if it can."""
+    return _registry.get(name).unavailable_reason(**options)
+
+
 def available() -> list[str]:
     """Names of every registered back-end (whether or not it can run on this machine)."""
     return _registry.available()
 
 
-__all__ = ["LANGUAGES", "STATUSES", "ExecResult", "Limits", "Sandbox", "SandboxError", "available", "get", "register"]
+__all__ = ["LANGUAGES", "STATUSES", "ExecResult", "Limits", "Sandbox", "SandboxError", "available", "get", "register",
+           "unavailable_reason"]

@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from sandboxes.base import RUN_UID_RANGE, SANDBOX_UID, ExecResult, Limits
+from sandboxes.base import RUN_UID_RANGE, SANDBOX_UID, ExecResult
 
 # Limits the suite runs under: small, so that every bomb hits a limit quickly.
 SUITE_LIMITS = {"timeout": 3.0, "memory_mb": 256, "max_processes": 32, "max_open_files": 64, "max_file_mb": 8,

@@ -16,8 +16,7 @@ BACKENDS = ["bwrap", "docker", "subprocess"]
 @pytest.fixture(scope="module", params=BACKENDS)
 def sandbox(request):
     name = request.param
-    cls = sandboxes._registry.get(name)
-    reason = cls.unavailable_reason()
+    reason = sandboxes.unavailable_reason(name)
     if reason:
         pytest.skip(f"{name} sandbox unavailable here: {reason}")
     with warnings.catch_warnings():

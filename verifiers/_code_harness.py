@@ -7,7 +7,8 @@
 #   functions, so sys.exit/os._exit/atexit/excepthook/signal tricks in the candidate only end the
 #   server, and an unanswered call is a failed test.
 # * Values cross the pipe in a strict tagged encoding of exact builtin types only (int, float,
-#   str, bool, None, bytes, list, tuple, dict, set, frozenset); the checker rebuilds genuine
+#   complex, str, bool, None, bytes, list, tuple, dict, set, frozenset; Counter/OrderedDict/
+#   defaultdict as dicts); the checker rebuilds genuine
 #   builtins, so comparisons in tests use Python's own ``==``, never the candidate's ``__eq__``.
 #   Other objects stay in the server and are handles that can be passed back and have methods
 #   called, but compare equal only to themselves.
@@ -21,6 +22,7 @@
 # Standard library only: it runs on the sandbox's python3.
 import base64
 import builtins
+import collections
 import ctypes
 import json
 import os
@@ -28,6 +30,8 @@ import sys
 import traceback
 
 MAX_DEPTH = 100
+# Standard-library mappings whose == is dict's: sent as plain dicts (the class never crosses).
+DICT_TYPES = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
 def encode(value, refs=None, depth=0):
@@ -43,13 +47,15 @@ def encode(value, refs=None, depth=0):
         return ["int", str(value)]
     if kind is float:
         return ["float", repr(value)]
+    if kind is complex:
+        return ["complex", repr(value)]
     if kind is str:
         return ["str", value]
     if kind is bytes:
         return ["bytes", base64.b64encode(value).decode()]
     if kind in (list, tuple, set, frozenset):
         return [kind.__name__, [encode(item, refs, depth + 1) for item in value]]
-    if kind is dict:
+    if kind in DICT_TYPES:
         return ["dict", [[encode(k, refs, depth + 1), encode(v, refs, depth + 1)] for k, v in value.items()]]
     if kind is Handle:
         return ["ref", value.ref_id]
@@ -72,6 +78,8 @@ def decode(data, resolve=None, depth=0):
         return int(data[1])
     if tag == "float" and type(data[1]) is str:
         return float(data[1])
+    if tag == "complex" and type(data[1]) is str:
+        return complex(data[1])
     if tag == "str" and type(data[1]) is str:
         return data[1]
     if tag == "bytes" and type(data[1]) is str:

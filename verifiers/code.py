@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import sandboxes
 from sandboxes.base import ExecResult, Sandbox
@@ -37,6 +38,9 @@ from verifiers import register
 from verifiers.base import Verdict, Verifier
 
 HARNESS = Path(__file__).with_name("_code_harness.py").read_text()
+# Functional (LeetCode-style) programs use typing names without importing them; LiveCodeBench's own
+# runner prepends imports the same way.
+FUNCTIONAL_PRELUDE = "from typing import *\nfrom collections import *\nimport math, heapq, bisect, itertools, functools\n"
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
 
@@ -157,7 +161,7 @@ class CodeVerifier(Verifier):
             nonce = secrets.token_hex(16)
             spec = {"kind": "functional", "fn_name": reference["fn_name"], "nonce": nonce,
                     "inputs": [_encode_plain(arguments) for arguments in inputs]}
-            result = self.sandbox.run(HARNESS, stdin=json.dumps(spec), files={"solution.py": program},
+            result = self.sandbox.run(HARNESS, stdin=json.dumps(spec), files={"solution.py": FUNCTIONAL_PRELUDE + program},
                                       timeout=self.timeout, memory_mb=self.memory_mb)
             _, failures, values = _parse_report(result.stdout, nonce)
             for position, index in enumerate(functional):
