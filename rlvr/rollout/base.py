@@ -1,0 +1,135 @@
+"""The interface every rollout engine implements, and what it returns.
+
+Log-prob semantics (the same for every engine): ``Completion.logprobs[t]`` is the log-probability of
+the sampled token under the distribution it was actually drawn from, i.e.
+``log_softmax(logits / temperature)`` renormalised over the top-p nucleus. With ``top_p=1`` (the RL
+default) this is exactly what the trainer computes from its own forward pass, so the two agree up to
+numerics; with ``top_p < 1`` it is the truncated distribution's log-prob, which is the correct
+behaviour-policy probability for importance sampling. With ``temperature=0`` (greedy) it is
+``log_softmax(logits)`` of the chosen token.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+FinishReason = Literal["stop", "length"]
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, on_accelerator: bool) -> str:
+    """The dtype an engine runs in: ``auto`` is bfloat16 on an accelerator and float32 on the CPU, the trainer's
+    rule, so sampler and trainer compute the same numbers. (vLLM's own ``auto`` would run a float32 checkpoint
+    in bfloat16 even on the CPU.)"""
+    if dtype == "auto":
+        return "bfloat16" if on_accelerator else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} for a rollout engine; use auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+@dataclass
+class Completion:
+    """One sampled response to one prompt."""
+
+    token_ids: list[int]
+    """Response tokens only (no prompt), including the end-of-sequence token when it stopped on one."""
+    logprobs: list[float]
+    """Sampling log-prob of each token of ``token_ids`` (see the module docstring for the distribution)."""
+    text: str
+    """The decoded response, special tokens skipped."""
+    finish_reason: FinishReason
+    """``stop``: ended on an end-of-sequence token; ``length``: cut at ``max_new_tokens``."""
+
+
+class RolloutEngine(ABC):
+    """Samples ``n`` completions per prompt from a causal LM whose weights the trainer keeps replacing.
+
+    Use it as a context manager (or call :meth:`close`) so the engine's memory is released.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_model_len: int,
+        seed: int = 0,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        sleep_between_steps: bool = False,
+        **options: object,
+    ) -> None:
+        """Load the model at ``model_path``.
+
+        ``max_model_len`` bounds prompt + response tokens. ``seed`` seeds sampling when ``generate`` gets
+        no seed. ``dtype``: ``auto``, ``float32``, ``bfloat16`` or ``float16``. ``gpu_memory_utilization``
+        and ``sleep_between_steps`` are for engines that manage accelerator memory; others ignore them.
+        ``options`` are engine-specific (see each engine's docstring).
+        """
+        self.model_path = str(model_path)
+        self.max_model_len = max_model_len
+        self.seed = seed
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """``n`` completions for each prompt, prompts in input order.
+
+        The same ``seed`` with the same weights and prompts gives the same samples on the ``hf`` engine;
+        vLLM's batched kernels make it reproducible only approximately.
+        """
+
+    @abstractmethod
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy new weights (Hugging Face parameter names, e.g. from ``model.named_parameters()``) into the
+        running engine, without a restart or a round-trip through the disk."""
+
+    def sleep(self) -> None:
+        """Release the KV cache (and offload weights) while the trainer needs the memory; no-op by default."""
+        return None
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep` before the next ``generate``; no-op by default."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the engine's memory; the engine cannot be used afterwards."""
+
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def check_request(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+                      top_p: float) -> None:
+        """Raise ``ValueError`` with what to change when a ``generate`` request cannot be served."""
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"n and max_new_tokens must be at least 1 (got n={n}, max_new_tokens={max_new_tokens})")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+        for index, prompt in enumerate(prompt_token_ids):
+            if not prompt:
+                raise ValueError(f"prompt {index} is empty; every prompt needs at least one token")
+            if len(prompt) + max_new_tokens > self.max_model_len:
+                raise ValueError(
+                    f"prompt {index} has {len(prompt)} tokens, which with max_new_tokens={max_new_tokens} exceeds "
+                    f"max_model_len={self.max_model_len}; raise max_model_len or lower max_new_tokens / the prompt "
+                    "length limit"
+                )

