@@ -106,7 +106,7 @@ class CodeVerifier(Verifier):
                     "prompt": reference.get("prompt")}
             return self._run_harness(program, spec, total=1)
         if "test_list" in reference:
-            tests = list(reference["test_list"]) + list(reference.get("challenge_test_list") or [])
+            tests = list(reference["test_list"])
             spec = {"kind": "mbpp", "tests": tests, "setup": reference.get("test_setup_code", "")}
             return self._run_harness(program, spec, total=len(tests))
         if "tests" in reference:
