@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,7 +46,9 @@ VERIFIER_OPTIONS: dict[str, Any] = {"on_multiple": "last"}
 CONFIDENCE = 0.95
 DEFAULT_PROBLEMS_PER_BATCH = 32
 # Settings that change what is sampled or how it is checked: a resumed run must match them.
-SAMPLING_SETTINGS = ("model", "n", "temperature", "top_p", "max_tokens", "template", "seed", "split", "verifier")
+SAMPLING_SETTINGS = (
+    "model", "n", "temperature", "top_p", "max_tokens", "template", "seed", "split", "task_options", "verifier",
+)  # fmt: skip
 VERSIONED_PACKAGES = {
     "rlvr": ("rlvr",),
     "torch": ("torch",),
@@ -350,6 +353,7 @@ def evaluate(
     engine_options: Mapping[str, Any] | None = None,
     problems_per_batch: int = DEFAULT_PROBLEMS_PER_BATCH,
     progress: Progress | None = None,
+    task_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model at ``model_path`` on ``task_names``; write and return the results.
 
@@ -364,18 +368,13 @@ def evaluate(
 
     import rlvr.rollout
 
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise EvaluationError(
-            f"model path {str(model_path)!r} does not exist; pass a local Hugging Face model directory "
-            "(config.json, weights and tokenizer), e.g. a checkpoint folder written by `rlvr train`"
-        )
+    model_path = _resolve_model(str(model_path))
     ks = check_ks(ks if ks is not None else default_ks(n), n)
     if not task_names:
         raise EvaluationError("give at least one task, e.g. --tasks aime24,math500 (`rlvr tasks list` shows all)")
     paths = _data_paths(task_names, data_path)
     examples_by_task = {
-        task: _load_task(task, split, paths.get(task), limit) for task in task_names
+        task: load_task(task, split, paths.get(task), limit, **(task_options or {})) for task in task_names
     }
     engine_name = engine or ("vllm" if importlib.util.find_spec("vllm") is not None else "hf")
     settings = {
@@ -391,6 +390,7 @@ def evaluate(
         "max_tokens": max_tokens,
         "template": template,
         "seed": seed,
+        "task_options": dict(task_options or {}),
         "engine": engine_name,
         "problems_per_batch": problems_per_batch,
         "verifier": VERIFIER_OPTIONS,
@@ -442,6 +442,27 @@ def evaluate(
     return results
 
 
+def _resolve_model(model: str) -> Path:
+    """A local model directory, or the local snapshot of a hub id like ``org/name`` (fetched when missing)."""
+    path = Path(model)
+    if path.exists():
+        return path
+    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(model))
+        except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated: the same advice
+            raise EvaluationError(
+                f"model {model!r} is neither a local directory nor a Hugging Face hub model that could be fetched "
+                f"({type(error).__name__}); pass the directory of a downloaded model or an `rlvr train` checkpoint"
+            ) from None
+    raise EvaluationError(
+        f"model path {model!r} does not exist; pass a local Hugging Face model directory "
+        "(config.json, weights and tokenizer), e.g. a checkpoint folder written by `rlvr train`, or a hub id"
+    )
+
+
 def _data_paths(task_names: Sequence[str], data_path: Any) -> dict[str, str | Path]:
     if data_path is None:
         return {}
@@ -460,14 +481,17 @@ def _data_paths(task_names: Sequence[str], data_path: Any) -> dict[str, str | Pa
     return {task_names[0]: data_path}
 
 
-def _load_task(task: str, split: str | None, path: str | Path | None, limit: int | None) -> list[Any]:
+def load_task(task: str, split: str | None = None, path: str | Path | None = None, limit: int | None = None,
+              **options: Any) -> list[Any]:
+    """The problems of ``task`` to evaluate on: its ``test`` split unless ``split`` says otherwise;
+    ``options`` are the task's own (column names, generator knobs)."""
     import tasks
 
     spec = tasks.get(task)  # an unknown name raises RegistryError listing the valid ones
     if split is None and "test" in spec.sizes:
         split = "test"
     try:
-        examples = spec.load(split=split, path=path, limit=limit)
+        examples = spec.load(split=split, path=path, limit=limit, **options)
     except tasks.TaskDataError as error:
         raise EvaluationError(str(error)) from None
     ids = [example.id for example in examples]

@@ -65,8 +65,12 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
     from rlvr.policy import ModelNotFoundError, check_model_path
 
     problems = []
+    tokenizer = None
     try:
         check_model_path(cfg.model.path)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     except ModelNotFoundError as error:
         problems.append(f"model.path: {error}")
     if cfg.rollout.engine not in rlvr.rollout.available():
@@ -82,6 +86,11 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
     except Exception as error:  # any loading failure is reported with the task's own message
         problems.append(f"data: {error}")
         examples = []
+    if examples and tokenizer is not None:
+        try:
+            tasks.render_prompt(examples[0], tokenizer, cfg.data.template)
+        except (ValueError, LookupError) as error:
+            problems.append(f"data.template: {error}")
     for name in sorted({example.verifier for example in examples}):
         if name not in verifiers.available():
             problems.append(f"data.task {cfg.data.task!r} needs verifier {name!r}, which is not registered")

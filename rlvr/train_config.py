@@ -109,6 +109,10 @@ class EvalConfig:
     tasks: list[str] = option([], "Tasks to evaluate on, e.g. [aime24, math500].")
     limit: int | None = option(None, "Problems per evaluation task (null: all).")
     n: int = option(4, "Samples per problem in evaluation.")
+    split: str | None = option(None, "Split to evaluate on; null uses each task's test split.")
+    options: dict[str, Any] = option({}, "Task options for the evaluation tasks (generator knobs, column names).")
+    temperature: float = option(0.6, "Sampling temperature in evaluation.")
+    top_p: float = option(0.95, "Nucleus sampling threshold in evaluation.")
 
 
 @dataclass

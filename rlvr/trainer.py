@@ -14,6 +14,7 @@ import rlvr.rollout
 import tasks
 from rlvr import checkpoint, config
 from rlvr.algorithms import compute_advantages, shape_rewards
+from rlvr.evaluation import evaluate_with_engine, load_task
 from rlvr.policy import load_policy
 from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
 from rlvr.tracking import MetricsLogger
@@ -51,6 +52,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         sleep_between_steps=cfg.rollout.sleep_between_steps,
     )
+    eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
     rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
                            cfg.logging.wandb_project, config.to_dict(cfg))
@@ -72,6 +74,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 engine.update_weights((name, p.detach()) for name, p in policy.named_parameters())
                 metrics["time/train"] = sync_started - train_started
                 metrics["time/weight_sync"] = time.monotonic() - sync_started
+            if cfg.eval.every and step % cfg.eval.every == 0:
+                metrics.update(evaluate_during_training(engine, tokenizer, eval_examples, cfg, run_dir, step))
             metrics["time/step"] = time.monotonic() - started
             metrics["tokens_per_second"] = sum(map(len, rollouts.completion_ids)) / metrics["time/step"]
             logger.log(step, metrics)
@@ -103,6 +107,29 @@ def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
         print(f"dropped {dropped} of {len(examples)} prompts longer than data.max_prompt_tokens="
               f"{cfg.data.max_prompt_tokens}", flush=True)
     return prompts
+
+
+def load_eval_examples(cfg: TrainConfig) -> dict[str, list]:
+    return {name: load_task(name, cfg.eval.split, limit=cfg.eval.limit, **cfg.eval.options) for name in cfg.eval.tasks}
+
+
+def evaluate_during_training(engine, tokenizer, examples: dict[str, list], cfg: TrainConfig, run_dir: Path, step: int) -> dict[str, float]:
+    """Evaluate the current weights with the running engine (the code path of ``rlvr eval``); the
+    full results go to ``eval/step-N.json``, the headline numbers into the step's metrics."""
+    engine.wake_up()
+    results = evaluate_with_engine(
+        engine, tokenizer, examples, n=cfg.eval.n, max_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, template=cfg.data.template, seed=cfg.optim.seed,
+    )
+    engine.sleep()
+    (run_dir / "eval").mkdir(exist_ok=True)
+    (run_dir / "eval" / f"step-{step:06d}.json").write_text(json.dumps(results, indent=1))
+    return {
+        f"eval/{task}/{key}": float(value)
+        for task, result in results.items()
+        for key, value in result.items()
+        if key.startswith(("pass@", "avg@", "maj@")) or key in ("mean_response_length", "truncation_rate")
+    }
 
 
 def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
