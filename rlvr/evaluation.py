@@ -242,9 +242,7 @@ def evaluate_with_engine(
     return results
 
 
-def _pending_batches(
-    examples: Sequence[Any], finished: set[str], size: int
-) -> Iterable[tuple[int, list[Any]]]:
+def _pending_batches(examples: Sequence[Any], finished: set[str], size: int) -> Iterable[tuple[int, list[Any]]]:
     """Runs of consecutive unfinished problems, cut at multiples of ``size``: ``(first position, examples)``."""
     run: list[Any] = []
     run_start = 0
@@ -299,7 +297,9 @@ def _sample_batch(
     return score_completions(task, examples, groups, rewarder)
 
 
-def score_completions(task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], rewarder: Any) -> list[SampleRow]:
+def score_completions(
+    task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], rewarder: Any
+) -> list[SampleRow]:
     """Verify each example's :class:`~rlvr.rollout.Completion` group; one sample row per completion."""
     pairs = [(example, index, completion) for example, group in zip(examples, groups, strict=True)
              for index, completion in enumerate(group)]  # fmt: skip
@@ -360,7 +360,8 @@ def evaluate(
     ``data_path`` is a local data file for a single task, or a mapping ``{task: file}``; other tasks read
     their default source. ``split`` defaults to each task's ``test`` split when it has one. ``engine`` is
     ``vllm`` or ``hf`` (default: ``vllm`` when it is installed); ``engine_options`` go to the engine
-    (``dtype``, ``gpu_memory_utilization``, ...). Problems already in ``output_dir/samples.jsonl`` (from an
+    (``dtype``, ``gpu_memory_utilization``, ...); ``task_options`` go to every task's loader (column names,
+    generator knobs). Problems already in ``output_dir/samples.jsonl`` (from an
     interrupted run with the same settings) are not sampled again. Writes ``results.json`` (settings, and
     per task the :func:`score_task` metrics) and, when matplotlib is installed, ``pass_at_k.png``.
     """
@@ -415,13 +416,18 @@ def evaluate(
 
         if pending:
             prompt_lengths = [
-                len(ids) for task, examples in examples_by_task.items() for ids in encode_prompts(examples, tokenizer, template)
+                len(ids)
+                for task, examples in examples_by_task.items()
+                for ids in encode_prompts(examples, tokenizer, template)
             ]
             if progress is not None:
-                progress(f"sampling {pending} problems x {n} with the {engine_name} engine ({len(finished)} done earlier)")
+                progress(
+                    f"sampling {pending} problems x {n} with the {engine_name} engine ({len(finished)} done earlier)"
+                )
             options = {"seed": seed, **(engine_options or {})}
-            with rlvr.rollout.get(engine_name)(str(model_path), max_model_len=max(prompt_lengths) + max_tokens,
-                                               **options) as running:
+            with rlvr.rollout.get(engine_name)(
+                str(model_path), max_model_len=max(prompt_lengths) + max_tokens, **options
+            ) as running:
                 task_results = evaluate_with_engine(
                     running, tokenizer, examples_by_task, n=n, ks=ks, max_tokens=max_tokens, temperature=temperature,
                     top_p=top_p, template=template, seed=seed, problems_per_batch=problems_per_batch,
@@ -481,8 +487,9 @@ def _data_paths(task_names: Sequence[str], data_path: Any) -> dict[str, str | Pa
     return {task_names[0]: data_path}
 
 
-def load_task(task: str, split: str | None = None, path: str | Path | None = None, limit: int | None = None,
-              **options: Any) -> list[Any]:
+def load_task(
+    task: str, split: str | None = None, path: str | Path | None = None, limit: int | None = None, **options: Any
+) -> list[Any]:
     """The problems of ``task`` to evaluate on: its ``test`` split unless ``split`` says otherwise;
     ``options`` are the task's own (column names, generator knobs)."""
     import tasks
@@ -630,14 +637,18 @@ def compare(results_a: Mapping[str, Any], results_b: Mapping[str, Any], seed: in
 def _per_problem_by_id(task_result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     per_problem = task_result["per_problem"]
     return {
-        name: dict(zip(per_problem["ids"], values, strict=True)) for name, values in per_problem.items() if name != "ids"
+        name: dict(zip(per_problem["ids"], values, strict=True))
+        for name, values in per_problem.items()
+        if name != "ids"
     }
 
 
 def format_comparison(rows: Sequence[Mapping[str, Any]], label_a: str, label_b: str) -> str:
     """The :func:`compare` rows as a table, in percent."""
     lines = [f"A = {label_a}", f"B = {label_b}", ""]
-    lines.append(f"{'task':<14}{'metric':<10}{'problems':>9}{'A %':>8}{'B %':>8}{'B-A %':>8}   95% CI of B-A %   excludes 0")
+    lines.append(
+        f"{'task':<14}{'metric':<10}{'problems':>9}{'A %':>8}{'B %':>8}{'B-A %':>8}   95% CI of B-A %   excludes 0"
+    )
     for row in rows:
         low, high = row["ci95"]
         interval = f"[{100 * low:+.1f}, {100 * high:+.1f}]"

@@ -259,7 +259,9 @@ def test_evaluate_with_engine_serves_the_trainer(tiny_model_dir: Path, shared_da
         )
     assert results["aime24"]["num_problems"] == 1 and "pass@2" in results["aime24"]
     logged = evaluation.logging_metrics(results)
-    assert {"eval/aime24/pass@2", "eval/aime24/avg@2", "eval/aime24/maj@2", "eval/aime24/truncation_rate"} <= set(logged)
+    assert {"eval/aime24/pass@2", "eval/aime24/avg@2", "eval/aime24/maj@2", "eval/aime24/truncation_rate"} <= set(
+        logged
+    )
     assert "eval/aime24/n" not in logged
 
 
@@ -312,3 +314,29 @@ def test_cli_compare_prints_differences(evaluated: Path, tmp_path: Path, capsys)
     assert pass_aime[5:] == ["+0.0", "[+0.0,", "+0.0]", "no"]  # the same samples on both sides
     assert main(["eval", "--compare", directories[0], str(tmp_path / "missing")]) == 2
     assert "missing/results.json' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vllm_samples_do_not_depend_on_batching(tiny_model_dir: Path, shared_data: Path, rewarder):
+    """Every vLLM sample has its own seed (seed + position * n + j), so problems sampled one at a time (as a
+    resumed run does) get the same completions as when sampled together."""
+    from transformers import AutoTokenizer
+
+    from rlvr.rollout import get
+
+    examples = {"aime24": tasks.load("aime24", path=shared_data / "aime2024.jsonl", limit=4)}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    runs = []
+    with get("vllm")(str(tiny_model_dir), max_model_len=1024, dtype="float32", gpu_memory_utilization=0.1) as engine:
+        for problems_per_batch in (1, 4):
+            rows: list[dict] = []
+            results = evaluation.evaluate_with_engine(
+                engine, tokenizer, examples, n=3, max_tokens=24, temperature=1.0, seed=5,
+                problems_per_batch=problems_per_batch, rewarder=rewarder, on_rows=rows.extend,
+            )  # fmt: skip
+            runs.append((rows, results))
+    (rows_one_by_one, results_one_by_one), (rows_together, results_together) = runs
+    assert len(rows_together) == 4 * 3
+    assert len({row["completion"] for row in rows_together}) > 1  # really sampled, not one repeated string
+    assert rows_one_by_one == rows_together
+    assert results_one_by_one == results_together

@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       rlvr eval --model PATH --tasks aime24,math500 --n 16 --k 1,4,16 --temperature 0.6 \\
           --top-p 0.95 --max-tokens 32768 --output runs/eval-aime
       rlvr eval --compare runs/eval-base runs/eval-trained"""
-    parser.add_argument("--model", help="Local Hugging Face model directory (e.g. a checkpoint of `rlvr train`).")
+    parser.add_argument(
+        "--model", help="Local Hugging Face model directory (e.g. a checkpoint of `rlvr train`) or hub id."
+    )
     parser.add_argument("--tasks", help="Comma-separated task names, e.g. aime24,math500 (see `rlvr tasks list`).")
     parser.add_argument(
         "--data-path",
