@@ -1,6 +1,7 @@
 """``rlvr train`` end to end on a tiny local model: steps run, weights change and reach the
 sampler, metrics and checkpoints are written, and a run killed with SIGKILL resumes exactly."""
 
+import json
 import math
 import os
 import signal
@@ -34,11 +35,17 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_steps_on_the_hf_engine(tiny_model_dir, tmp_path):
-    cfg = config.load(TrainConfig, None, train_plugins.overrides(tiny_model_dir, tmp_path / "run"))
+    evaluation = ["eval.every=3", "eval.tasks=[even-length-prompts]", "eval.limit=4", "eval.n=2"]
+    cfg = config.load(TrainConfig, None, train_plugins.overrides(tiny_model_dir, tmp_path / "run") + evaluation)
     final = train(cfg)
     assert final == tmp_path / "run" / "step-000003"
     rows = read_metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [1, 2, 3]
+    # periodic evaluation ran once, at step 3, through the code path of `rlvr eval`
+    assert "eval/even-length-prompts/pass@1" not in rows[1]
+    assert 0 <= rows[2]["eval/even-length-prompts/pass@2"] <= 1
+    saved = json.loads((tmp_path / "run" / "eval" / "step-000003.json").read_text())
+    assert saved["even-length-prompts"]["num_problems"] == 4 and saved["even-length-prompts"]["n"] == 2
     for row in rows:
         assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
         assert math.isfinite(row["loss"]) and row["grad_norm"] > 0
