@@ -669,6 +669,8 @@ def plot_pass_at_k(results: Mapping[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
+    highest = 0.0
+    all_ks: set[int] = set()
     for task, metrics in results["tasks"].items():
         ks = [int(name.split("@")[1]) for name in metric_names(metrics) if name.startswith("pass@")]
         values = [100 * metrics[f"pass@{k}"] for k in ks]
@@ -676,7 +678,11 @@ def plot_pass_at_k(results: Mapping[str, Any], path: Path) -> Path | None:
         highs = [100 * metrics["ci95"][f"pass@{k}"][1] for k in ks]
         axes.plot(ks, values, marker="o", label=task)
         axes.fill_between(ks, lows, highs, alpha=0.2)
+        highest = max(highest, *highs)
+        all_ks.update(ks)
     axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
+    axes.set_ylim(0, min(100.0, max(1.0, 1.1 * highest)))
     axes.set_xlabel("k")
     axes.set_ylabel("pass@k (%)")
     axes.set_title(Path(results["settings"]["model"]).name)
