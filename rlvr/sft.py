@@ -308,6 +308,7 @@ def train(cfg: SFTConfig, log: TextIO | None = None, on_step: Callable[[dict[str
                 "eta": elapsed / (step + 1) * (steps - step - 1),
             }
             metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
             if on_step is not None:
                 on_step(metrics)
             if (step + 1) % cfg.output.log_every == 0 or step + 1 == steps:
