@@ -14,7 +14,7 @@ import rlvr.rollout
 import tasks
 from rlvr import checkpoint, config
 from rlvr.algorithms import compute_advantages, shape_rewards
-from rlvr.evaluation import evaluate_with_engine, load_task
+from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
 from rlvr.policy import load_policy
 from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
 from rlvr.tracking import MetricsLogger
@@ -124,12 +124,7 @@ def evaluate_during_training(engine, tokenizer, examples: dict[str, list], cfg: 
     engine.sleep()
     (run_dir / "eval").mkdir(exist_ok=True)
     (run_dir / "eval" / f"step-{step:06d}.json").write_text(json.dumps(results, indent=1))
-    return {
-        f"eval/{task}/{key}": float(value)
-        for task, result in results.items()
-        for key, value in result.items()
-        if key.startswith(("pass@", "avg@", "maj@")) or key in ("mean_response_length", "truncation_rate")
-    }
+    return logging_metrics(results)
 
 
 def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
