@@ -13,6 +13,7 @@ from rlvr.registry import RegistryError
 from rlvr.rollout import available, get
 
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44], [100]]
+PROCESS_STATE_AROUND_START: dict[str, tuple] = {}
 
 
 @pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.slow)])
@@ -22,7 +23,10 @@ def engine(request, tiny_model_dir):
         options = {"gpu_memory_utilization": 0.1}
     else:
         options = {}
+    process_state = lambda: (torch.random.get_rng_state(), torch.get_num_threads())  # noqa: E731
+    before = process_state()
     with get(request.param)(str(tiny_model_dir), max_model_len=128, seed=0, **options) as built:
+        PROCESS_STATE_AROUND_START[request.param] = (before, process_state())
         yield built
 
 
@@ -70,6 +74,11 @@ def test_registry_lists_both_engines_and_names_them_on_a_typo():
     assert {"hf", "vllm"} <= set(available())
     with pytest.raises(RegistryError, match="Did you mean 'vllm'"):
         get("vlm")
+
+
+def test_starting_an_engine_leaves_the_global_rng_and_thread_count_alone(engine):
+    (rng_before, threads_before), (rng_after, threads_after) = PROCESS_STATE_AROUND_START[engine.name]
+    assert torch.equal(rng_before, rng_after) and threads_before == threads_after
 
 
 def test_groups_have_n_completions_with_consistent_finish_reasons(engine, eos_token_id):

@@ -58,7 +58,7 @@ class VLLMEngine(RolloutEngine):
         on_cpu = self._on_cpu = current_platform.is_cpu()
         self._sleep_enabled = sleep_between_steps and not on_cpu  # vLLM's CPU worker has no sleep mode
         self._asleep = False
-        with _in_process_engine(), _keep_torch_threads():
+        with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
                 model=self.model_path,
                 max_model_len=max_model_len,
@@ -197,18 +197,34 @@ class _in_process_engine:
             os.environ[self._variable] = self._previous
 
 
-class _keep_torch_threads:
-    """Undo what an in-process vLLM does to the trainer's torch thread pool.
+class _keep_process_state:
+    """Undo what building an in-process vLLM does to the trainer's process.
 
-    At start-up vLLM cuts torch to one intra-op thread "for serving", and its CPU worker replaces
-    ``torch.set_num_threads`` with a no-op. Both are right for a dedicated serving process, but here the same
-    process trains, so the thread count and the function are restored.
+    At start-up vLLM seeds the global RNGs (``random``, NumPy, torch) with its ``seed``, cuts torch to one
+    intra-op thread "for serving", and its CPU worker replaces ``torch.set_num_threads`` with a no-op. All
+    fine for a dedicated serving process; here the same process trains, so the RNG states, the thread count
+    and the function are put back. (Unseeded ``generate`` calls still draw from torch's global RNG.)
     """
 
     def __enter__(self) -> None:
+        import random
+
+        import numpy
+
         self._threads = torch.get_num_threads()
         self._set_num_threads = torch.set_num_threads
+        self._rng = (random.getstate(), numpy.random.get_state(), torch.random.get_rng_state())
+        self._cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def __exit__(self, *exc_info: object) -> None:
+        import random
+
+        import numpy
+
         torch.set_num_threads = self._set_num_threads
         torch.set_num_threads(self._threads)
+        random.setstate(self._rng[0])
+        numpy.random.set_state(self._rng[1])
+        torch.random.set_rng_state(self._rng[2])
+        if self._cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self._cuda_rng)
