@@ -206,8 +206,7 @@ def _serving_threads(on_cpu: bool) -> Iterator[None]:
     vLLM's CPU kernels run on their own bound OpenMP threads; torch ops of the sampler in between
     (log-softmax for the log-probs...) with more than one thread leave OpenMP workers spin-waiting and cut
     in-process sampling to about a third (measured on the tiny model, 64 prompts x 8 x 64 tokens: ~1,400 vs
-    ~5,000-5,800 tokens/s). vLLM's own
-    serving processes run torch with one thread for the same reason.
+    ~5,000-5,800 tokens/s). vLLM's own serving processes run torch with one thread for the same reason.
     """
     threads = torch.get_num_threads()
     if on_cpu:
