@@ -15,22 +15,13 @@ import torch
 from torch import nn
 
 from rlvr.algorithms import entropy_from_logits
+from rlvr.rollout.base import resolve_dtype
 
 LOGIT_CHUNK_ROWS = 1024  # rows of hidden states projected to the vocabulary at a time
 
 
 class ModelNotFoundError(FileNotFoundError):
     """The model path is neither a local model directory nor a cached hub id."""
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """``auto`` is bf16 on a GPU and fp32 on the CPU (bf16 matmuls are slow on most CPUs)."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"model.dtype {name!r} is not one of auto, {', '.join(dtypes)}")
-    return dtypes[name]
 
 
 def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = False):
@@ -41,12 +32,12 @@ def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = F
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+    on_gpu = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype, on_gpu)))
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device), tokenizer
+    return model.to("cuda" if on_gpu else "cpu"), tokenizer
 
 
 def check_model_path(path: str) -> None:
@@ -100,8 +91,63 @@ def completion_logprobs(
     # The state at position t predicts token t + 1.
     source = (prompt_lengths.to(hidden.device)[:, None] + positions[None, :] - 1).clamp(max=hidden.shape[1] - 1)
     gathered = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
-    mask = completion_mask.bool()
-    rows, targets = gathered[mask], completion_ids.to(hidden.device)[mask]
+    return _token_stats(model, gathered, completion_ids, completion_mask, temperature, entropy_grad)
+
+
+def can_share_prompts(model: nn.Module) -> bool:
+    """Whether :func:`shared_prompt_logprobs` applies: it hands the prompts' KV cache to the completion
+    forward, which gradient checkpointing (it drops caches in training) rules out."""
+    return not (getattr(model, "is_gradient_checkpointing", False) and model.training)
+
+
+def shared_prompt_logprobs(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    entropy_grad: bool = False,
+) -> TokenStats:
+    """What :func:`completion_logprobs` computes, with each distinct prompt run through the model once.
+
+    A GRPO group is ``group_size`` completions of one prompt; feeding every row its own copy of the prompt
+    repeats the prompt's forward and backward ``group_size`` times. Here the U distinct prompts (``prompt_ids``,
+    ``prompt_mask``: [U, P], LEFT-padded) run once, with a KV cache; the cache is indexed out to the B
+    completions (``prompt_index``: [B], row b continues prompt ``prompt_index[b]``), and the completions
+    (``completion_ids``/``completion_mask``: [B, T], right-padded) run on top of it. The math is the same as
+    one forward of each full sequence (the prompt does not see its completions), and gradients reach the
+    prompt's states through the indexing, summed over the group. Outputs are [B, T] as there.
+    """
+    device = prompt_ids.device
+    prompt_positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    prompt_out = model.base_model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                                  use_cache=True)
+    cache = prompt_out.past_key_values
+    index = prompt_index.to(device)
+    # index_select, whose backward (index_add) is deterministic on the CPU; advanced indexing's
+    # (index_put with accumulate) is not, and an exact resume needs bit-identical gradients.
+    cache.reorder_cache(index)
+    starts = prompt_mask.long().sum(-1)[index]
+    completion_positions = starts[:, None] + torch.arange(completion_ids.shape[1], device=device)[None, :]
+    full_mask = torch.cat([prompt_mask[index], completion_mask.to(prompt_mask.dtype)], dim=1)
+    hidden = model.base_model(input_ids=completion_ids, attention_mask=full_mask, position_ids=completion_positions,
+                              past_key_values=cache, use_cache=True).last_hidden_state
+    # Completion token 0 is predicted by the prompt's last state (the last column: prompts are left-padded),
+    # token t > 0 by the state of completion token t - 1.
+    states = torch.cat([prompt_out.last_hidden_state[:, -1:].index_select(0, index), hidden[:, :-1]], dim=1)
+    return _token_stats(model, states, completion_ids, completion_mask, temperature, entropy_grad)
+
+
+def _token_stats(
+    model: nn.Module, states: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+    temperature: float, entropy_grad: bool,
+) -> TokenStats:
+    """Project the states that predict each completion token ([B, T, H]) to log-probs and entropies, in chunks
+    of rows, completion tokens only."""
+    mask = completion_mask.bool().to(states.device)
+    rows, targets = states[mask], completion_ids.to(states.device)[mask]
     lm_head = model.get_output_embeddings()
 
     def project(rows_chunk: torch.Tensor, targets_chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,18 +157,20 @@ def completion_logprobs(
             entropy = entropy_from_logits(logits)
         return token_logprobs, entropy
 
+    # Recomputing a chunk's logits in the backward pass instead of keeping them alive only pays when there are
+    # several chunks: with one, its logits are all there is, and they would be built twice for nothing.
+    recompute = torch.is_grad_enabled() and rows.shape[0] > LOGIT_CHUNK_ROWS
     logprob_chunks, entropy_chunks = [], []
     for start in range(0, rows.shape[0], LOGIT_CHUNK_ROWS):
         chunk = (rows[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS])
-        if torch.is_grad_enabled():
-            # Recompute the chunk's logits in the backward pass instead of keeping them alive.
+        if recompute:
             token_logprobs, entropy = torch.utils.checkpoint.checkpoint(project, *chunk, use_reentrant=False)
         else:
             token_logprobs, entropy = project(*chunk)
         logprob_chunks.append(token_logprobs)
         entropy_chunks.append(entropy)
-    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
-    entropies = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=states.device)
+    entropies = torch.zeros(mask.shape, dtype=torch.float32, device=states.device)
     if logprob_chunks:
         logprobs = logprobs.masked_scatter(mask, torch.cat(logprob_chunks))
         entropies = entropies.masked_scatter(mask, torch.cat(entropy_chunks))

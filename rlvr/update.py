@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvr.algorithms import aggregate_loss, kl_penalty, policy_loss, truncated_is_weights
-from rlvr.policy import completion_logprobs
+from rlvr.policy import TokenStats, can_share_prompts, completion_logprobs, shared_prompt_logprobs
 from rlvr.train_config import TrainConfig
 
 
@@ -58,6 +58,54 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
     return Packed(*(t.to(device) for t in (input_ids, attention_mask, prompt_lengths, completions, completion_mask)))
 
 
+@dataclass
+class SharedPacked:
+    """A micro-batch with each distinct prompt once (see :func:`rlvr.policy.shared_prompt_logprobs`)."""
+
+    prompt_ids: torch.Tensor  # [U, P] left-padded
+    prompt_mask: torch.Tensor
+    prompt_index: torch.Tensor  # [B]: the prompt row each completion continues
+    completion_ids: torch.Tensor  # [B, T] right-padded
+    completion_mask: torch.Tensor
+
+
+def pack_shared(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device: torch.device) -> SharedPacked:
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompt_ids]
+    width = max(map(len, distinct))
+    prompts = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for row, prompt in enumerate(distinct):
+        prompts[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[row, width - len(prompt) :] = 1
+    longest = max(len(c) for c in completion_ids)
+    completions = torch.full((len(completion_ids), longest), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(completion_ids), longest), dtype=torch.float32)
+    for row, completion in enumerate(completion_ids):
+        completions[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        completion_mask[row, : len(completion)] = 1
+    tensors = (prompts, prompt_mask, torch.tensor(index), completions, completion_mask)
+    return SharedPacked(*(t.to(device) for t in tensors))
+
+
+def micro_batch_stats(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                      temperature: float, entropy_grad: bool = False) -> tuple[TokenStats, torch.Tensor]:
+    """Token log-probs and entropies of one micro-batch, and its completion mask ([B, T] each).
+
+    Rows that share a prompt (a GRPO group) run the prompt once (:func:`rlvr.policy.shared_prompt_logprobs`)
+    unless gradient checkpointing rules that out; otherwise every row is one padded sequence."""
+    device = next(model.parameters()).device
+    if can_share_prompts(model) and len(set(map(tuple, prompt_ids))) < len(prompt_ids):
+        shared = pack_shared(prompt_ids, completion_ids, pad_id, device)
+        stats = shared_prompt_logprobs(model, shared.prompt_ids, shared.prompt_mask, shared.prompt_index,
+                                       shared.completion_ids, shared.completion_mask, temperature, entropy_grad)
+        return stats, shared.completion_mask
+    packed = pack(prompt_ids, completion_ids, pad_id, device)
+    stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
+                                packed.completion_ids, packed.completion_mask, temperature, entropy_grad)
+    return stats, packed.completion_mask
+
+
 def pad_rows(rows: list[torch.Tensor] | list[list[float]], width: int, device: torch.device) -> torch.Tensor:
     out = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, row in enumerate(rows):
@@ -72,6 +120,28 @@ def length_buckets(lengths: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def micro_batches(prompt_ids: list[list[int]], completion_ids: list[list[int]], size: int, share_prompts: bool) -> list[list[int]]:
+    """Split indices into micro-batches of ``size``: by length (least padding), or, when prompts can be shared,
+    prompt by prompt (each prompt run once per micro-batch), whichever costs fewer token positions."""
+    by_length = length_buckets([len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)], size)
+    if not share_prompts:
+        return by_length
+    first_seen: dict[tuple[int, ...], int] = {}
+    keys = [first_seen.setdefault(tuple(prompt), len(first_seen)) for prompt in prompt_ids]
+    order = sorted(range(len(prompt_ids)), key=lambda i: (keys[i], len(completion_ids[i])))
+    by_prompt = [order[i : i + size] for i in range(0, len(order), size)]
+
+    def cost(buckets: list[list[int]]) -> int:
+        """Token positions the model runs: each distinct prompt once (padded), plus the padded completions."""
+        total = 0
+        for bucket in buckets:
+            prompts = {tuple(prompt_ids[i]) for i in bucket}
+            total += len(prompts) * max(map(len, prompts)) + len(bucket) * max(len(completion_ids[i]) for i in bucket)
+        return total
+
+    return by_prompt if cost(by_prompt) < cost(by_length) else by_length
+
+
 def loss_denominator(agg: str, completion_lengths: list[int]) -> float:
     """What a loss aggregation divides by over a whole mini-batch: its tokens for ``token-mean``,
     its non-empty sequences for the sequence-mean aggregations. Passing it to every micro-batch
@@ -84,13 +154,11 @@ def loss_denominator(agg: str, completion_lengths: list[int]) -> float:
 @torch.no_grad()
 def per_sample_logprobs(model, batch: TrainBatch, indices: list[int], config: TrainConfig, pad_id: int) -> list[torch.Tensor]:
     """Trainer log-probs of the given samples (no gradient), one [T_i] tensor each, CPU."""
-    device = next(model.parameters()).device
     out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
-    for micro in length_buckets([len(batch.completion_ids[i]) for i in indices], config.optim.micro_batch_size):
+    for micro in _micro_batches(model, batch, indices, config.optim.micro_batch_size):
         chosen = [indices[i] for i in micro]
-        packed = pack([batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen], pad_id, device)
-        stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
-                                    packed.completion_ids, packed.completion_mask, config.rollout.temperature)
+        stats, _ = micro_batch_stats(model, [batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen],
+                                     pad_id, config.rollout.temperature)
         for row, index in enumerate(chosen):
             out[index] = stats.logprobs[row, : len(batch.completion_ids[index])].cpu()
     return [out[i] for i in indices]
@@ -112,7 +180,7 @@ def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainC
             denominator = loss_denominator(config.algorithm.loss_agg, in_loss)
             optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
-            for micro in length_buckets([len(batch.completion_ids[i]) for i in mini], optim.micro_batch_size):
+            for micro in _micro_batches(model, batch, mini, optim.micro_batch_size):
                 micro_metrics = _micro_step(model, batch, [mini[i] for i in micro], config, pad_id, device, denominator)
                 token_share = micro_metrics.pop("num_tokens") / max(sum(in_loss), 1)
                 _merge(metrics, micro_metrics, token_share, summed=_MICRO_CONTRIBUTIONS)
@@ -123,6 +191,12 @@ def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainC
     totals["lr"] = scheduler.get_last_lr()[0]
     totals["optimizer_steps"] = float(num_mini_batches)
     return totals
+
+
+def _micro_batches(model, batch: TrainBatch, indices: list[int], size: int) -> list[list[int]]:
+    """:func:`micro_batches` of the samples ``indices`` (positions into ``indices``)."""
+    return micro_batches([batch.prompt_ids[i] for i in indices], [batch.completion_ids[i] for i in indices], size,
+                         can_share_prompts(model))
 
 
 # Micro-batch values that are each micro-batch's share of the mini-batch value (they add up).
@@ -144,12 +218,9 @@ def _merge(into: dict[str, float], metrics: dict[str, float], weight: float, sum
 def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig, pad_id: int, device, denominator: float) -> dict[str, float]:
     """Forward and backward of one micro-batch; its loss is scaled by the mini-batch ``denominator``."""
     algo = config.algorithm
-    packed = pack([batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen], pad_id, device)
-    mask = packed.completion_mask
+    stats, mask = micro_batch_stats(model, [batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen],
+                                    pad_id, config.rollout.temperature, entropy_grad=algo.entropy_coef != 0)
     width = mask.shape[1]
-    stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
-                                packed.completion_ids, mask, config.rollout.temperature,
-                                entropy_grad=algo.entropy_coef != 0)
     if batch.old_logprobs is not None:
         old = pad_rows([batch.old_logprobs[i] for i in chosen], width, device)
     else:  # one optimizer step per batch: the data is exactly on-policy
