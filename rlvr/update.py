@@ -225,10 +225,11 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
         old = pad_rows([batch.old_logprobs[i] for i in chosen], width, device)
     else:  # one optimizer step per batch: the data is exactly on-policy
         old = stats.logprobs.detach()
-    is_weights = None
-    if algo.tis_cap is not None:
-        sampler = pad_rows([batch.sampler_logprobs[i] for i in chosen], width, device)
-        is_weights = truncated_is_weights(old, sampler, algo.tis_cap)
+    # How far the sampler's log-probs are from the trainer's: near 0 unless weights failed to sync
+    # or the engines' numerics differ (bf16 kernels); truncated IS corrects for the difference.
+    sampler = pad_rows([batch.sampler_logprobs[i] for i in chosen], width, device)
+    sampler_gap = ((old - sampler).abs() * mask).sum() / mask.sum().clamp(min=1)
+    is_weights = truncated_is_weights(old, sampler, algo.tis_cap) if algo.tis_cap is not None else None
     reduce = {"agg": algo.loss_agg, "norm_len": config.rollout.max_new_tokens, "denominator": denominator}
     loss, metrics = policy_loss(
         stats.logprobs, old, batch.advantages[chosen].to(device), mask,
@@ -245,5 +246,5 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"the policy loss is {loss.item()}: lower optim.lr or check the data")
     loss.backward()
-    metrics.update({"loss": loss.item(), "entropy": entropy.item()})
+    metrics.update({"loss": loss.item(), "entropy": entropy.item(), "sampler_logprob_gap": sampler_gap.item()})
     return metrics
