@@ -1,6 +1,7 @@
 """Prompt templates: how an :class:`~tasks.Example` becomes the text a model continues.
 
 - ``base``: R1-Zero style for base models; reasoning inside ``<think> </think>``, answer in ``\\boxed{}``.
+- ``base-short``: ``base`` without the preamble, for tiny models trained from scratch.
 - ``chat``: the tokenizer's own chat template around the problem and an instruction to box the answer.
 - ``code``: asks for one fenced Python block; shows starter code, the function name, and how input
   arrives. Wrapped in the chat template when the tokenizer has one.
@@ -61,6 +62,13 @@ def _chat(tokenizer: Any, content: str) -> str:
 @register_template("base")
 def base(example: Example, tokenizer: Any = None) -> str:
     return f"{BASE_PREAMBLE}\nUser: {example.problem.strip()}\nAssistant: <think>"
+
+
+@register_template("base-short")
+def base_short(example: Example, tokenizer: Any = None) -> str:
+    """``base`` without its preamble, for tiny models trained from scratch (the demo), where the
+    preamble would be most of every forward pass and means nothing to the model."""
+    return f"User: {example.problem.strip()}\nAssistant: <think>"
 
 
 @register_template("chat")

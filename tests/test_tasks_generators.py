@@ -172,6 +172,12 @@ def test_real_tasks_render_with_both_tokenizers(shared_data, base_tokenizer, cha
 
 
 def test_unknown_template_is_named():
-    assert tasks.available_templates() == ["auto", "base", "chat", "code"]
+    assert tasks.available_templates() == ["auto", "base", "base-short", "chat", "code"]
     with pytest.raises(RegistryError, match=r"unknown prompt template 'chatml'\. Did you mean 'chat'\?"):
         tasks.render_prompt(MATH_EXAMPLE, None, template="chatml")
+
+
+def test_base_short_template_is_base_without_the_preamble():
+    short = tasks.render_prompt(MATH_EXAMPLE, None, "base-short")
+    assert short == f"User: {MATH_EXAMPLE.problem.strip()}\nAssistant: <think>"
+    assert tasks.render_prompt(MATH_EXAMPLE, None, "base").endswith("\n" + short)
