@@ -15,7 +15,7 @@ a new module in this package::
     class Firecracker(Sandbox):
         def _execute(self, argv, files, stdin, limits): ...
 
-Guarantees and limits of each back-end: docs/sandboxes.md.
+Guarantees and limits of each back-end: the README's Sandboxes section.
 """
 
 from __future__ import annotations

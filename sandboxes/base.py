@@ -51,7 +51,7 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one run. Every back-end enforces all of them (see docs/sandboxes.md)."""
+    """Resource limits of one run. Every back-end enforces all of them (see the README's Sandboxes section)."""
 
     timeout: float = option(10.0, "Wall-clock seconds before the whole process tree is killed (status 'timeout').")
     memory_mb: int = option(512, "Memory of the run in MiB: address space per process, and the whole tree where cgroups are available.")
