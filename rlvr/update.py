@@ -40,22 +40,24 @@ class Packed:
     completion_mask: torch.Tensor
 
 
+def padded(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` as one [len(rows), longest] token tensor, padded on the right (or left), and its 0/1 mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+        ids[row, span] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device: torch.device) -> Packed:
-    rows = len(prompt_ids)
-    total = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
-    longest = max(len(c) for c in completion_ids)
-    input_ids = torch.full((rows, total), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, total), dtype=torch.long)
-    completions = torch.full((rows, longest), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((rows, longest), dtype=torch.float32)
-    for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        sequence = prompt + completion
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        attention_mask[row, : len(sequence)] = 1
-        completions[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
-        completion_mask[row, : len(completion)] = 1
+    input_ids, attention_mask = padded([p + c for p, c in zip(prompt_ids, completion_ids, strict=True)], pad_id)
+    completions, completion_mask = padded(completion_ids, pad_id)
     prompt_lengths = torch.tensor([len(p) for p in prompt_ids])
-    return Packed(*(t.to(device) for t in (input_ids, attention_mask, prompt_lengths, completions, completion_mask)))
+    tensors = (input_ids, attention_mask, prompt_lengths, completions, completion_mask.float())
+    return Packed(*(t.to(device) for t in tensors))
 
 
 @dataclass
@@ -72,19 +74,9 @@ class SharedPacked:
 def pack_shared(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device: torch.device) -> SharedPacked:
     distinct: dict[tuple[int, ...], int] = {}
     index = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompt_ids]
-    width = max(map(len, distinct))
-    prompts = torch.full((len(distinct), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for row, prompt in enumerate(distinct):
-        prompts[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        prompt_mask[row, width - len(prompt) :] = 1
-    longest = max(len(c) for c in completion_ids)
-    completions = torch.full((len(completion_ids), longest), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(completion_ids), longest), dtype=torch.float32)
-    for row, completion in enumerate(completion_ids):
-        completions[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
-        completion_mask[row, : len(completion)] = 1
-    tensors = (prompts, prompt_mask, torch.tensor(index), completions, completion_mask)
+    prompts, prompt_mask = padded(list(distinct), pad_id, left=True)
+    completions, completion_mask = padded(completion_ids, pad_id)
+    tensors = (prompts, prompt_mask, torch.tensor(index), completions, completion_mask.float())
     return SharedPacked(*(t.to(device) for t in tensors))
 
 
