@@ -26,13 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rlvr.config import ConfigError, option
-
-
-@dataclass
-class SFTModelConfig:
-    path: str = option("", "Hugging Face model directory (or cached hub id) to fine-tune.")
-    dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.")
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+from rlvr.train_config import ModelConfig
 
 
 @dataclass
@@ -71,7 +65,7 @@ class SFTOutputConfig:
 
 @dataclass
 class SFTConfig:
-    model: SFTModelConfig = option(SFTModelConfig(), "The model to fine-tune.")
+    model: ModelConfig = option(ModelConfig(), "The model to fine-tune (the same options as `rlvr train`).")
     data: SFTDataConfig = option(SFTDataConfig(), "Prompts and targets.")
     optim: SFTOptimConfig = option(SFTOptimConfig(), "Optimisation schedule and batch sizes.")
     output: SFTOutputConfig = option(SFTOutputConfig(), "The saved model and logs.")
