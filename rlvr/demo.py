@@ -170,7 +170,7 @@ def evaluate_checkpoint(cfg: DemoConfig, model_dir: Path, output_dir: Path, engi
         model_dir, [cfg.problems.task], n=cfg.eval.n, ks=_ks(cfg.eval.n), temperature=cfg.eval.temperature,
         top_p=1.0, max_tokens=cfg.rl.max_new_tokens, template=cfg.template, seed=cfg.seed,
         limit=cfg.problems.eval_problems, split="test", output_dir=output_dir, engine=engine,
-        engine_options={"gpu_memory_utilization": 0.3} if engine == "vllm" else None,
+        engine_options={"gpu_memory_utilization": 0.05} if engine == "vllm" else None,
         task_options=cfg.problems.options, progress=lambda line: print(f"  {line}", flush=True),
     )
 
@@ -190,7 +190,7 @@ def reinforce(cfg: DemoConfig, base_dir: Path, run_dir: Path, final_dir: Path, e
     train_cfg = config.load(TrainConfig, None, [
         f"model.path={base_dir}", f"data.task={cfg.problems.task}", "data.split=train", f"data.template={cfg.template}",
         f"data.seed={cfg.seed + 1}", f"rollout.engine={engine}", f"rollout.group_size={rl.group_size}",
-        f"rollout.max_new_tokens={rl.max_new_tokens}", "rollout.temperature=1.0", "rollout.gpu_memory_utilization=0.3",
+        f"rollout.max_new_tokens={rl.max_new_tokens}", "rollout.temperature=1.0", "rollout.gpu_memory_utilization=0.05",
         "algorithm.estimator=grpo", "algorithm.loss_agg=token-mean", "algorithm.clip_low=0.2", "algorithm.clip_high=0.28",
         "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2",
         f"algorithm.length.overlong_buffer={rl.max_new_tokens // 4}", f"algorithm.length.kimi_coef={rl.kimi_coef}",

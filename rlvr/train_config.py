@@ -37,7 +37,7 @@ class RolloutConfig:
     max_new_tokens: int = option(1024, "Longest response in tokens; longer ones are truncated.")
     temperature: float = option(1.0, "Sampling temperature.")
     top_p: float = option(1.0, "Nucleus sampling threshold.")
-    gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory (host RAM on CPU) for weights and KV cache.")
+    gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory for weights and KV cache; on the CPU, of free host RAM for the KV cache.")
     sleep_between_steps: bool = option(False, "vLLM on GPU: free the KV cache while training and wake it for sampling.")
 
 

@@ -41,7 +41,7 @@ def test_transformers_and_vllm_load_and_agree(tiny_model_dir):
     with torch.no_grad():
         hf_tokens = model.generate(input_ids, max_new_tokens=12, do_sample=False)[0, input_ids.shape[1] :].tolist()
 
-    llm = vllm.LLM(model=str(tiny_model_dir), gpu_memory_utilization=0.1, max_model_len=256, seed=0, enforce_eager=True)
+    llm = vllm.LLM(model=str(tiny_model_dir), kv_cache_memory_bytes=2**28, max_model_len=256, seed=0, enforce_eager=True)
     try:
         output = llm.generate([prompt], vllm.SamplingParams(max_tokens=12, temperature=0.0), use_tqdm=False)
         vllm_tokens = list(output[0].outputs[0].token_ids)

@@ -39,5 +39,5 @@ def overrides(model_dir, output_dir, engine="hf", steps=3) -> list[str]:
         "data.task=even-length-prompts", "data.limit=16", "data.template=base", "rollout.group_size=4",
         "rollout.max_new_tokens=12", "optim.prompts_per_step=4", "optim.mini_batch_size=8", "optim.micro_batch_size=4",
         f"optim.steps={steps}", "optim.lr=1e-3", "checkpoint.every=2", "checkpoint.keep_last=0",
-        "rollout.gpu_memory_utilization=0.1", "verifier.workers=1",
+        "rollout.gpu_memory_utilization=0.05", "verifier.workers=1",
     ]

