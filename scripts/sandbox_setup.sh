@@ -52,8 +52,17 @@ if [[ -S $socket ]] && curl -fsS --unix-socket "$socket" http://d/_ping >/dev/nu
 else
     mkdir -p "$socket_dir"
     rm -f "$socket"
-    # Run from the socket's directory: conmon drops files (an "oom" marker) into the service's cwd.
-    (cd "$socket_dir" && setsid nohup podman system service --time=0 "unix://$socket" >/var/log/rlvr-podman-service.log 2>&1 < /dev/null &)
+    (
+        # Run from the socket's directory: conmon drops files (an "oom" marker) into the service's cwd.
+        cd "$socket_dir"
+        # Close every inherited descriptor but 0-2: a daemon holding its caller's pipe open keeps
+        # whoever reads that pipe (a CI runner, `| tail`) waiting for ever.
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        setsid nohup podman system service --time=0 "unix://$socket" >/var/log/rlvr-podman-service.log 2>&1 </dev/null &
+    )
     for _ in $(seq 50); do
         [[ -S $socket ]] && curl -fsS --unix-socket "$socket" http://d/_ping >/dev/null 2>&1 && break
         sleep 0.1
