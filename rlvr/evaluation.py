@@ -266,10 +266,7 @@ def encode_prompts(examples: Sequence[Any], tokenizer: Any, template: str) -> li
     """Prompt token ids, rendered with the task ``template`` and tokenized as the trainer does."""
     import tasks
 
-    return [
-        tokenizer(tasks.render_prompt(example, tokenizer, template), add_special_tokens=False)["input_ids"]
-        for example in examples
-    ]
+    return [tasks.encode_prompt(example, tokenizer, template) for example in examples]
 
 
 def _sample_batch(

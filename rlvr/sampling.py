@@ -194,7 +194,7 @@ def sample_metrics(everything: Rollouts, kept: Rollouts, rounds: int) -> dict[st
     for name in sorted(set(everything.verifier_names)):
         picked = [c for c, v in zip(everything.correct, everything.verifier_names, strict=True) if v == name]
         metrics[f"accuracy/{name}"] = sum(picked) / len(picked)
-    reasons = Counter(everything.reasons)
-    metrics["verifier/timeouts"] = float(reasons.get("timeout", 0))
-    metrics["verifier/errors"] = float(sum(n for reason, n in reasons.items() if "error" in reason))
+    verdicts = verifiers.BatchStats(len(everything), sum(everything.correct), dict(Counter(everything.reasons)))
+    metrics["verifier/timeouts"] = float(verdicts.timeouts)
+    metrics["verifier/errors"] = float(verdicts.errors)
     return metrics

@@ -152,8 +152,7 @@ def tokenize_examples(
         raise ConfigError("the tokenizer has no end-of-sequence token; SFT needs one to teach the model to stop")
     kept, dropped = [], 0
     for target, example in pairs:
-        prompt = tasks.render_prompt(example, tokenizer, template)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tasks.encode_prompt(example, tokenizer, template)
         completion_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         if len(prompt_ids) + len(completion_ids) > max_tokens:
             dropped += 1

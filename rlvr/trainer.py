@@ -98,7 +98,7 @@ def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
                           **cfg.data.options)
     prompts, dropped = [], 0
     for example in examples:
-        ids = tokenizer(tasks.render_prompt(example, tokenizer, cfg.data.template), add_special_tokens=False)["input_ids"]
+        ids = tasks.encode_prompt(example, tokenizer, cfg.data.template)
         if len(ids) > cfg.data.max_prompt_tokens:
             dropped += 1
         else:

@@ -26,7 +26,7 @@ from typing import Any
 
 from rlvr.registry import Registry
 from tasks._core import DataTask, Example, HubSource, Row, TaskDataError, TaskSpec
-from tasks.templates import available_templates, register_template, render_prompt
+from tasks.templates import available_templates, encode_prompt, register_template, render_prompt
 
 _registry: Registry[Callable[[], TaskSpec]] = Registry("task", package="tasks", entry_point_group="rlvr.tasks")
 register = _registry.register
@@ -74,6 +74,7 @@ __all__ = [
     "TaskDataError",
     "TaskSpec",
     "available",
+    "encode_prompt",
     "available_templates",
     "get",
     "load",

@@ -40,6 +40,13 @@ def render_prompt(example: Example, tokenizer: Any = None, template: str = "auto
     return _templates.get(template)(example, tokenizer)
 
 
+def encode_prompt(example: Example, tokenizer: Any, template: str = "auto") -> list[int]:
+    """The prompt's token ids: rendered, then tokenized without added special tokens (the template
+    already holds any it needs). Training, SFT and evaluation all encode prompts through here, so
+    what the model is trained on and evaluated on cannot drift apart."""
+    return tokenizer(render_prompt(example, tokenizer, template), add_special_tokens=False)["input_ids"]
+
+
 def available_templates() -> list[str]:
     """Names of every registered prompt template."""
     return _templates.available()

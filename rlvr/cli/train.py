@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     preflight.check(train_config)
     if args.dry_run:
-        from rlvr.policy import load_policy
+        from transformers import AutoTokenizer
+
         from rlvr.trainer import build_prompts, describe_plan
 
-        tokenizer = load_policy(train_config.model.path, train_config.model.dtype)[1]
+        tokenizer = AutoTokenizer.from_pretrained(train_config.model.path)  # the weights are not needed
         print(describe_plan(train_config, len(build_prompts(train_config, tokenizer))))
         print("dry run: config, model, data and verifiers are valid")
         return 0
