@@ -58,13 +58,14 @@ class Setup:
     prompts_per_step: int = 8
     group_size: int = 8
     tokens: int = 64
+    max_prompt_tokens: int = 256  # rlvr's data.max_prompt_tokens (the prompts have 239): bounds vLLM's max_model_len
     micro_batch_size: int = 8
     steps: int = 8
     warmup: int = 2
     hidden: int = 256
     layers: int = 4
     lr: float = 1e-6
-    gpu_memory_utilization: float = 0.25  # vLLM on the CPU: share of the NUMA node RAM for weights + KV cache
+    gpu_memory_utilization: float = 0.25  # vLLM on the CPU: rlvr reserves at most this share of free RAM for its KV cache (no more than the batch can fill); TRL, this share of node RAM minus its RSS
     threads: int = 0  # torch intra-op threads in both runs; 0 keeps torch's default (one per core)
     seed: int = 0
 
@@ -154,7 +155,7 @@ def run_rlvr(model_dir: Path, engine: str, setup: Setup, work: Path) -> dict[str
     overrides = [
         f"model.path={model_dir}", f"checkpoint.output_dir={run_dir}", f"rollout.engine={engine}",
         f"data.task={TASK}", f"data.limit={setup.prompts_per_step * (setup.steps + 1)}", "data.template=base",
-        f"data.seed={setup.seed}", f"rollout.group_size={setup.group_size}", f"rollout.max_new_tokens={setup.tokens}",
+        f"data.seed={setup.seed}", f"data.max_prompt_tokens={setup.max_prompt_tokens}", f"rollout.group_size={setup.group_size}", f"rollout.max_new_tokens={setup.tokens}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", f"rollout.gpu_memory_utilization={setup.gpu_memory_utilization}",
         "algorithm.estimator=grpo", "algorithm.loss_agg=token-mean", "algorithm.clip_low=0.2", "algorithm.clip_high=0.28",
         "algorithm.kl_coef=0.0", "algorithm.entropy_coef=0.0", "algorithm.dynamic_sampling=false",
@@ -298,17 +299,18 @@ def main() -> None:
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     trl_hf = next((results["trl"] for engine, results in rows if engine == "hf" and "trl" in results), None)
     print(f"{'engine':<7}{'side':<6}{'s/step (median)':>17}{'peak RSS MiB':>14}{'TRL/rlvr time':>15}"
-          f"{'RSS rlvr/TRL':>14}{'TRL-hf/rlvr time':>18}")
+          f"{'RSS rlvr/TRL':>14}{'TRL-hf/rlvr time':>18}{'RSS rlvr/TRL-hf':>17}")
     for engine, results in rows:
         for side, result in results.items():
-            ratio = memory = versus_hf = ""
+            ratio = memory = versus_hf = memory_hf = ""
             if side == "rlvr" and "trl" in results:
                 ratio = f"{results['trl']['median_step_seconds'] / result['median_step_seconds']:.2f}x"
                 memory = f"{result['peak_rss_mb'] / results['trl']['peak_rss_mb']:.2f}"
             if side == "rlvr" and trl_hf is not None:
                 versus_hf = f"{trl_hf['median_step_seconds'] / result['median_step_seconds']:.2f}x"
+                memory_hf = f"{result['peak_rss_mb'] / trl_hf['peak_rss_mb']:.2f}"
             print(f"{engine:<7}{side:<6}{result['median_step_seconds']:>17.3f}{result['peak_rss_mb']:>14.0f}{ratio:>15}"
-                  f"{memory:>14}{versus_hf:>18}")
+                  f"{memory:>14}{versus_hf:>18}{memory_hf:>17}")
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ class RolloutConfig:
     top_p: float = option(1.0, "Nucleus sampling threshold.")
     gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory for weights and KV cache; on the CPU, of free host RAM for the KV cache.")
     sleep_between_steps: bool = option(False, "vLLM on GPU: free the KV cache while training and wake it for sampling.")
+    engine_options: dict[str, Any] = option({}, "Engine-specific options: vLLM LLM arguments (max_num_seqs: 128), hf batch_size.")
 
 
 @dataclass

@@ -51,6 +51,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         str(resume_from or cfg.model.path), max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
         dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         sleep_between_steps=cfg.rollout.sleep_between_steps,
+        batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size, **cfg.rollout.engine_options,
     )
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
     rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers)

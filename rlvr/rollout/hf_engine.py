@@ -26,8 +26,8 @@ class HFEngine(RolloutEngine):
     """Sampling with ``transformers``; the same seed, weights and prompts give identical samples.
 
     Options: ``device`` (default ``cuda`` when available, else ``cpu``) and ``batch_size`` (prompts per
-    ``generate`` call, default all of them; lower it to bound memory). ``gpu_memory_utilization`` and
-    ``sleep_between_steps`` do not apply and are ignored.
+    ``generate`` call, default all of them; lower it to bound memory). ``gpu_memory_utilization``,
+    ``sleep_between_steps`` and ``batch_sequences`` do not apply and are ignored.
     """
 
     name = "hf"
@@ -41,6 +41,7 @@ class HFEngine(RolloutEngine):
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
         sleep_between_steps: bool = False,
+        batch_sequences: int | None = None,
         device: str | None = None,
         batch_size: int | None = None,
         **options: object,

