@@ -24,6 +24,7 @@ would have, as long as batches of problems were finished whole.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -211,35 +212,35 @@ def evaluate_with_engine(
     ks = check_ks(ks if ks is not None else default_ks(n), n)
     if problems_per_batch < 1:
         raise EvaluationError(f"problems_per_batch must be at least 1, got {problems_per_batch}")
-    rewarder = rewarder if rewarder is not None else Rewarder(VERIFIER_OPTIONS)
-    done_by_task: dict[str, list[SampleRow]] = {}
-    for row in done_rows:
-        done_by_task.setdefault(row["task"], []).append(row)
+    with Rewarder(VERIFIER_OPTIONS) if rewarder is None else contextlib.nullcontext(rewarder) as rewarder:
+        done_by_task: dict[str, list[SampleRow]] = {}
+        for row in done_rows:
+            done_by_task.setdefault(row["task"], []).append(row)
 
-    results = {}
-    for task, examples in examples_by_task.items():
-        if not examples:
-            raise EvaluationError(f"task {task!r} has no problems to evaluate")
-        wanted = {example.id for example in examples}
-        rows = [row for row in done_by_task.get(task, ()) if row["problem_id"] in wanted]
-        finished = {row["problem_id"] for row in rows}
-        for start, batch in _pending_batches(examples, finished, problems_per_batch):
-            new_rows = _sample_batch(
-                engine, tokenizer, rewarder, task, batch,
-                n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, template=template,
-                seed=seed + start * n,
-            )  # fmt: skip
-            rows.extend(new_rows)
-            if on_rows is not None:
-                on_rows(new_rows)
-            if progress is not None:
-                done = len({row["problem_id"] for row in rows})
-                progress(f"{task}: {done}/{len(examples)} problems sampled and verified")
-        verifier_names = {example.verifier for example in examples}
-        math_only = verifier_names == {"math"}
-        equivalent = answer_equivalence(rewarder.verifier("math")) if math_only else None
-        results[task] = score_task(rows, n, ks, equivalent, majority_vote=math_only, seed=seed)
-    return results
+        results = {}
+        for task, examples in examples_by_task.items():
+            if not examples:
+                raise EvaluationError(f"task {task!r} has no problems to evaluate")
+            wanted = {example.id for example in examples}
+            rows = [row for row in done_by_task.get(task, ()) if row["problem_id"] in wanted]
+            finished = {row["problem_id"] for row in rows}
+            for start, batch in _pending_batches(examples, finished, problems_per_batch):
+                new_rows = _sample_batch(
+                    engine, tokenizer, rewarder, task, batch,
+                    n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, template=template,
+                    seed=seed + start * n,
+                )  # fmt: skip
+                rows.extend(new_rows)
+                if on_rows is not None:
+                    on_rows(new_rows)
+                if progress is not None:
+                    done = len({row["problem_id"] for row in rows})
+                    progress(f"{task}: {done}/{len(examples)} problems sampled and verified")
+            verifier_names = {example.verifier for example in examples}
+            math_only = verifier_names == {"math"}
+            equivalent = answer_equivalence(rewarder.verifier("math")) if math_only else None
+            results[task] = score_task(rows, n, ks, equivalent, majority_vote=math_only, seed=seed)
+        return results
 
 
 def _pending_batches(examples: Sequence[Any], finished: set[str], size: int) -> Iterable[tuple[int, list[Any]]]:
@@ -283,24 +284,17 @@ def _sample_batch(
     template: str,
     seed: int,
 ) -> list[SampleRow]:
-    groups = engine.generate(
-        encode_prompts(examples, tokenizer, template),
-        n=n,
-        max_new_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
+    from rlvr.sampling import generate_and_score
+
+    groups, verdicts, _ = generate_and_score(
+        engine, encode_prompts(examples, tokenizer, template), list(examples), rewarder,
+        n=n, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
     )
-    return score_completions(task, examples, groups, rewarder)
+    return sample_rows(task, examples, groups, verdicts)
 
 
-def score_completions(
-    task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], rewarder: Any
-) -> list[SampleRow]:
-    """Verify each example's :class:`~rlvr.rollout.Completion` group; one sample row per completion."""
-    pairs = [(example, index, completion) for example, group in zip(examples, groups, strict=True)
-             for index, completion in enumerate(group)]  # fmt: skip
-    verdicts = rewarder.score([completion.text for _, _, completion in pairs], [example for example, _, _ in pairs])
+def sample_rows(task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], verdicts: Sequence[Sequence[Any]]) -> list[SampleRow]:
+    """One sample row per completion, from each example's group and its verdicts."""
     return [
         {
             "task": task,
@@ -313,7 +307,8 @@ def score_completions(
             "length": len(completion.token_ids),
             "finish_reason": completion.finish_reason,
         }
-        for (example, index, completion), verdict in zip(pairs, verdicts, strict=True)
+        for example, group, group_verdicts in zip(examples, groups, verdicts, strict=True)
+        for index, (completion, verdict) in enumerate(zip(group, group_verdicts, strict=True))
     ]
 
 

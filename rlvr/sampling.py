@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 import verifiers
 from rlvr.algorithms import dynamic_sampling_mask
+from rlvr.rollout.base import Completion, RolloutEngine
 from rlvr.train_config import TrainConfig
 
 
@@ -60,12 +62,18 @@ class PromptStream:
 
 
 class Rewarder:
-    """Scores completions with each example's own verifier (math, code, ...), built once."""
+    """Scores completions with each example's own verifier (math, code, ...), built once.
+
+    :meth:`submit` verifies in a background thread, so verification overlaps with whatever the caller does
+    next (generating the other groups, see :func:`generate_and_score`). Close it (or use it as a context
+    manager) to stop that thread."""
 
     def __init__(self, options: dict[str, Any], workers: int | None = None):
         self.options = options
         self.workers = workers
         self._verifiers: dict[str, verifiers.Verifier] = {}
+        self._background: ThreadPoolExecutor | None = None
+        self.busy_seconds = 0.0  # spent in background verification (one thread: no lock needed)
 
     def verifier(self, name: str) -> verifiers.Verifier:
         if name not in self._verifiers:
@@ -85,6 +93,56 @@ class Rewarder:
             for index, verdict in zip(indices, results, strict=True):
                 verdicts[index] = verdict
         return verdicts  # type: ignore[return-value]
+
+    def submit(self, completions: list[str], examples: list[Any]) -> Future[list[verifiers.Verdict]]:
+        """:meth:`score` in the background, one submitted batch after another (each batch is itself
+        verified ``workers`` at a time)."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-rewarder")
+        return self._background.submit(self._timed_score, completions, examples)
+
+    def _timed_score(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:
+        started = time.monotonic()
+        try:
+            return self.score(completions, examples)
+        finally:
+            self.busy_seconds += time.monotonic() - started
+
+    def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
+            self._background = None
+
+    def __enter__(self) -> Rewarder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def generate_and_score(engine: RolloutEngine, prompt_token_ids: list[list[int]], examples: list[Any],
+                       rewarder: Rewarder, **sampling: Any) -> tuple[list[list[Completion]], list[list[verifiers.Verdict]], dict[str, float]]:
+    """Sample a group per prompt (``engine.generate(..., **sampling)``) and verify it, each group going to
+    the verifiers as soon as the engine has finished it, while the rest are still being generated.
+
+    Returns the groups, their verdicts, and timings: ``time/generate``; ``time/verify``, the seconds the
+    verifiers were busy; ``time/verify_wait``, the part of it left after generation ended (what it cost)."""
+    pending: dict[int, Future[list[verifiers.Verdict]]] = {}
+
+    def verify_group(index: int, completions: list[Completion]) -> None:
+        pending[index] = rewarder.submit([c.text for c in completions], [examples[index]] * len(completions))
+
+    busy_before = rewarder.busy_seconds
+    started = time.monotonic()
+    groups = engine.generate(prompt_token_ids, on_group=verify_group, **sampling)
+    generated = time.monotonic()
+    missing = [index for index in range(len(groups)) if index not in pending]
+    if missing:
+        raise RuntimeError(f"the {type(engine).__name__} engine never passed group(s) {missing} to on_group")
+    verdicts = [pending[index].result() for index in range(len(groups))]
+    timings = {"time/generate": generated - started, "time/verify": rewarder.busy_seconds - busy_before,
+               "time/verify_wait": time.monotonic() - generated}
+    return groups, verdicts, timings
 
 
 @dataclass
@@ -118,34 +176,24 @@ class Rollouts:
 
 
 def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: TrainConfig, seed: int) -> tuple[Rollouts, dict[str, float]]:
-    """Generate ``group_size`` completions per prompt and score them."""
-    group_size = config.rollout.group_size
-    started = time.monotonic()
-    groups = engine.generate(
-        [p.token_ids for p in prompts],
-        n=group_size,
-        max_new_tokens=config.rollout.max_new_tokens,
-        temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p,
-        seed=seed,
+    """Generate ``group_size`` completions per prompt and score them (verification overlapping generation)."""
+    groups, verdicts, timings = generate_and_score(
+        engine, [p.token_ids for p in prompts], [p.example for p in prompts], rewarder,
+        n=config.rollout.group_size, max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature, top_p=config.rollout.top_p, seed=seed,
     )
-    generated = time.monotonic()
-    rollouts = Rollouts(group_size)
-    examples = []
-    for prompt, completions in zip(prompts, groups, strict=True):
-        for completion in completions:
+    rollouts = Rollouts(config.rollout.group_size)
+    for prompt, completions, group_verdicts in zip(prompts, groups, verdicts, strict=True):
+        for completion, verdict in zip(completions, group_verdicts, strict=True):
             rollouts.prompt_ids.append(prompt.token_ids)
             rollouts.completion_ids.append(list(completion.token_ids))
             rollouts.sampler_logprobs.append(list(completion.logprobs))
             rollouts.texts.append(completion.text)
             rollouts.truncated.append(completion.finish_reason == "length")
             rollouts.verifier_names.append(prompt.example.verifier)
-            examples.append(prompt.example)
-    verdicts = rewarder.score(rollouts.texts, examples)
-    rollouts.rewards = [v.reward for v in verdicts]
-    rollouts.correct = [v.correct for v in verdicts]
-    rollouts.reasons = [v.reason for v in verdicts]
-    timings = {"time/generate": generated - started, "time/verify": time.monotonic() - generated}
+            rollouts.rewards.append(verdict.reward)
+            rollouts.correct.append(verdict.correct)
+            rollouts.reasons.append(verdict.reason)
     return rollouts, timings
 
 

@@ -92,7 +92,8 @@ def test_hand_written_completions_are_verified_and_scored(shared_data, rewarder)
         [_completion(text, length, "length" if length == 5 else "stop") for length, text in enumerate(texts, start=1)],
         [_completion("\\boxed{3}", 10) for _ in texts],
     ]
-    rows = evaluation.score_completions("gsm8k", [first, second], groups, rewarder)
+    verdicts = [rewarder.score([c.text for c in group], [example] * len(group)) for example, group in zip([first, second], groups)]
+    rows = evaluation.sample_rows("gsm8k", [first, second], groups, verdicts)
     assert [row["correct"] for row in rows[:6]] == [True, False, False, True, False, False]
     assert [row["extracted"] for row in rows[:6]] == ["18", "17", "20", "18.0", None, "17"]
     assert rows[4]["finish_reason"] == "length" and rows[4]["reason"] == "no answer"

@@ -26,7 +26,7 @@ EXPECTED_METRICS = {
     "reward/mean", "accuracy", "accuracy/even-length", "response_length/mean", "response_length/max",
     "response_length/truncated_fraction", "groups/kept_fraction", "loss", "entropy", "clip_frac_low",
     "clip_frac_high", "approx_kl", "ratio_max", "grad_norm", "lr", "tokens_per_second", "time/generate",
-    "time/verify", "time/train", "time/weight_sync", "time/step", "verifier/timeouts", "verifier/errors",
+    "time/verify", "time/verify_wait", "time/train", "time/weight_sync", "time/step", "verifier/timeouts", "verifier/errors",
 }
 
 

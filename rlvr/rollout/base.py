@@ -12,7 +12,7 @@ behaviour-policy probability for importance sampling. With ``temperature=0`` (gr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -45,6 +45,9 @@ class Completion:
     """The decoded response, special tokens skipped."""
     finish_reason: FinishReason
     """``stop``: ended on an end-of-sequence token; ``length``: cut at ``max_new_tokens``."""
+
+
+GroupCallback = Callable[[int, list[Completion]], None]
 
 
 class RolloutEngine(ABC):
@@ -90,8 +93,13 @@ class RolloutEngine(ABC):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        on_group: GroupCallback | None = None,
     ) -> list[list[Completion]]:
         """``n`` completions for each prompt, prompts in input order.
+
+        ``on_group(index, completions)`` is called once per prompt as soon as its ``n`` completions are done,
+        while other prompts may still be generating (the trainer starts verifying there); an engine that
+        finishes everything at once calls it for every prompt at the end.
 
         The same ``seed`` with the same weights and prompts gives the same samples on the ``hf`` engine;
         vLLM's batched kernels make it reproducible only approximately.

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 
 from rlvr.rollout import register
-from rlvr.rollout.base import Completion, RolloutEngine, resolve_dtype
+from rlvr.rollout.base import Completion, GroupCallback, RolloutEngine, resolve_dtype
 
 
 @register("hf")
@@ -75,6 +75,7 @@ class HFEngine(RolloutEngine):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        on_group: GroupCallback | None = None,
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. Without ``seed``, one is drawn from the engine's own generator
         (seeded at construction), so a fresh engine repeats its sequence of calls exactly. The global torch
@@ -89,7 +90,10 @@ class HFEngine(RolloutEngine):
             torch.manual_seed(seed)
             for start in range(0, len(prompt_token_ids), batch_size):
                 batch = prompt_token_ids[start : start + batch_size]
-                groups.extend(self._generate_batch(batch, n, max_new_tokens, temperature, top_p))
+                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p):
+                    if on_group is not None:
+                        on_group(len(groups), group)
+                    groups.append(group)
         return groups
 
     def _generate_batch(

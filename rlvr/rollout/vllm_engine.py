@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from rlvr.rollout import register
-from rlvr.rollout.base import Completion, RolloutEngine, resolve_dtype
+from rlvr.rollout.base import Completion, GroupCallback, RolloutEngine, resolve_dtype
 
 CPU_MAX_NUM_SEQS = 256  # vLLM's default max_num_seqs for the LLM class on the CPU
 CPU_BLOCK_SIZE = 128  # vLLM's default KV-cache block size (tokens) on the CPU
@@ -95,6 +95,7 @@ class VLLMEngine(RolloutEngine):
                 use_tqdm_on_load=False,
                 **options,
             )
+        self._calls = 0  # generate calls so far: part of every request id, which vLLM wants unique
         if type(self._llm.llm_engine.engine_core).__name__ != "InprocClient":
             raise RuntimeError(
                 "vLLM started its engine core in another process (an engine built earlier in this process fixed "
@@ -111,10 +112,12 @@ class VLLMEngine(RolloutEngine):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        on_group: GroupCallback | None = None,
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. A ``seed`` gives every request its own generator
         (``seed + prompt_index * n + sample_index``), which costs a little sampling speed."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
         self.wake_up()
@@ -122,27 +125,43 @@ class VLLMEngine(RolloutEngine):
         # vLLM refuses n > 1 when greedy; the n identical greedy answers are then n requests of n=1.
         per_request = 1 if greedy else n
         copies = n if greedy else 1
-        requests, params = [], []
+        engine = self._llm.llm_engine
+        self._calls += 1
+        request_ids = []
         for index, prompt in enumerate(prompt_token_ids):
             for copy in range(copies):
-                requests.append({"prompt_token_ids": prompt})
-                params.append(
-                    SamplingParams(
-                        n=per_request,
-                        max_tokens=max_new_tokens,
-                        temperature=temperature,
-                        top_p=top_p,
-                        logprobs=0,
-                        seed=None if seed is None else seed + (index * copies + copy) * per_request,
-                    )
+                request_id = f"rlvr-{self._calls}-{index * copies + copy}"
+                params = SamplingParams(
+                    n=per_request,
+                    max_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    logprobs=0,
+                    seed=None if seed is None else seed + (index * copies + copy) * per_request,
+                    output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n samples in it
                 )
-        with _serving_threads(self._on_cpu):
-            outputs = self._llm.generate(requests, params, use_tqdm=False)
-        groups: list[list[Completion]] = []
-        for index in range(len(prompt_token_ids)):
-            samples = [sample for output in outputs[index * copies : (index + 1) * copies] for sample in output.outputs]
-            groups.append([_completion(sample) for sample in samples])
-        return groups
+                engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
+                request_ids.append(request_id)
+        # Stepping the engine ourselves (what LLM.generate does inside) hands each group over as it finishes.
+        position = {request_id: place for place, request_id in enumerate(request_ids)}
+        samples: dict[str, list[Completion]] = {}
+        try:
+            with _serving_threads(self._on_cpu):
+                while engine.has_unfinished_requests():
+                    for output in engine.step():
+                        if not output.finished:
+                            continue
+                        samples[output.request_id] = [_completion(sample) for sample in output.outputs]
+                        index = position[output.request_id] // copies
+                        group_ids = request_ids[index * copies : (index + 1) * copies]
+                        if on_group is not None and all(request_id in samples for request_id in group_ids):
+                            on_group(index, [sample for request_id in group_ids for sample in samples[request_id]])
+        except BaseException:
+            # a failure (or Ctrl-C) must not leave requests behind for the next call to return
+            engine.abort_request([request_id for request_id in request_ids if request_id not in samples])
+            raise
+        return [[sample for request_id in request_ids[index * copies : (index + 1) * copies] for sample in samples[request_id]]
+                for index in range(len(prompt_token_ids))]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load the tensors into the live model through the worker's ``reload_weights``, then drop the prefix
