@@ -24,11 +24,17 @@ class ModelNotFoundError(FileNotFoundError):
     """The model path is neither a local model directory nor a cached hub id."""
 
 
-def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = False):
-    """(model, tokenizer) from a local directory or a hub id already in the local cache."""
+def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = False, cpu_threads: int = 0):
+    """(model, tokenizer) from a local directory or a hub id already in the local cache. ``cpu_threads`` > 0
+    sets torch's intra-op thread count for this process (on a 2-core machine shared with another job, the
+    default of one per core makes every op wait for the busy core)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_path(path)
+    if cpu_threads < 0:
+        raise ValueError(f"model.cpu_threads must be 0 (torch's default) or a positive thread count, got {cpu_threads}")
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -52,6 +52,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         )
     if cfg.checkpoint.every < 1:
         problems.append(f"checkpoint.every must be at least 1, got {cfg.checkpoint.every}")
+    if cfg.model.cpu_threads < 0:
+        problems.append(f"model.cpu_threads must be 0 (torch's default) or a positive thread count, got {cfg.model.cpu_threads}")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature must be > 0 for RL sampling, got {rollout.temperature}")
     return problems

@@ -250,7 +250,7 @@ def train(cfg: SFTConfig, log: TextIO | None = None, on_step: Callable[[dict[str
     check_config(cfg)
     started = time.monotonic()
     torch.manual_seed(cfg.optim.seed)
-    model, tokenizer = load_policy(cfg.model.path, cfg.model.dtype, cfg.model.gradient_checkpointing)
+    model, tokenizer = load_policy(cfg.model.path, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
     examples, dropped = tokenize_examples(load_examples(cfg.data), tokenizer, cfg.data.template, cfg.data.max_tokens)
     if not examples:
         raise ConfigError(

@@ -16,6 +16,7 @@ class ModelConfig:
     path: str = option("", "Hugging Face model directory or hub id of the policy to train.")
     dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    cpu_threads: int = option(0, "torch intra-op threads on the CPU; 0 keeps torch's default (one per core), 1 is steadier on a shared machine.")
 
 
 @dataclass

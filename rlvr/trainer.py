@@ -30,7 +30,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     torch.manual_seed(cfg.optim.seed)
 
     resume_from = checkpoint.latest(run_dir) if resume else None
-    policy, tokenizer = load_policy(str(resume_from or cfg.model.path), cfg.model.dtype, cfg.model.gradient_checkpointing)
+    policy, tokenizer = load_policy(str(resume_from or cfg.model.path), cfg.model.dtype, cfg.model.gradient_checkpointing,
+                                    cfg.model.cpu_threads)
     reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef else None
     stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
     optimizer, scheduler = build_optimizer(policy, cfg)

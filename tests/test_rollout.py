@@ -203,3 +203,24 @@ def test_hf_fresh_engines_repeat_their_unseeded_calls(tiny_model_dir):
 def test_hf_update_weights_rejects_an_unknown_name(hf_engine):
     with pytest.raises(KeyError, match="not a parameter"):
         hf_engine.update_weights([("model.no_such_layer.weight", torch.zeros(1))])
+
+
+@pytest.mark.parametrize("engine", [pytest.param("vllm", marks=pytest.mark.slow)], indirect=True)
+def test_vllm_weight_sync_keeps_quiet_about_layers_without_weights_but_not_about_others(engine, reference_model):
+    """The rotary table and the tied LM head have nothing to load; vLLM warns about each on every sync."""
+    import logging
+
+    reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    reload_logger.addHandler(handler)
+    try:
+        engine.update_weights(reference_model.named_parameters())
+        assert [record.getMessage() for record in records] == []
+        # a layer that did miss its weights (here: the attention projections) is still reported
+        engine.update_weights((name, p) for name, p in reference_model.named_parameters() if "self_attn.o_proj" not in name)
+        assert any(record.getMessage().endswith(": Failed to load weights") for record in records)
+    finally:
+        reload_logger.removeHandler(handler)
+        engine.update_weights(reference_model.named_parameters())

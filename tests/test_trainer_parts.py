@@ -125,7 +125,7 @@ def test_metrics_log_and_resume_truncation(tmp_path):
 
 def test_config_problems_are_all_reported_together():
     cfg = config.load(TrainConfig, None, ["algorithm.estimator=gpro", "rollout.group_size=1", "optim.micro_batch_size=512",
-                                          "algorithm.dual_clip=0.5", "optim.lr_schedule=step"])
+                                          "algorithm.dual_clip=0.5", "optim.lr_schedule=step", "model.cpu_threads=-2"])
     problems = preflight.config_problems(cfg)
     text = "\n".join(problems)
     assert "algorithm.estimator: 'gpro' is not one of dr_grpo, grpo, reinforce_pp_baseline, rloo" in text
@@ -133,7 +133,8 @@ def test_config_problems_are_all_reported_together():
     assert "micro_batch_size=512 is larger than optim.mini_batch_size=256" in text
     assert "dual_clip must be > 1" in text
     assert "optim.lr_schedule: 'step'" in text
-    assert len(problems) == 5
+    assert "model.cpu_threads must be 0 (torch's default) or a positive thread count, got -2" in text
+    assert len(problems) == 6
     assert preflight.config_problems(TrainConfig()) == []
 
 
@@ -159,3 +160,19 @@ def test_cosine_is_monotone_after_warmup():
     assert values[0] == 1.0
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert values[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_load_policy_sets_the_cpu_thread_count_when_asked(tiny_model_dir):
+    from rlvr.policy import load_policy
+
+    before = torch.get_num_threads()
+    try:
+        load_policy(str(tiny_model_dir), cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        load_policy(str(tiny_model_dir))
+        assert torch.get_num_threads() == before
+        with pytest.raises(ValueError, match="cpu_threads must be 0"):
+            load_policy(str(tiny_model_dir), cpu_threads=-1)
+    finally:
+        torch.set_num_threads(before)

@@ -1,9 +1,10 @@
-"""``transformers`` ``generate`` as the rollout engine, for machines without vLLM.
+"""A ``transformers`` model with a KV cache as the rollout engine, for machines without vLLM.
 
-Batched with left padding, KV cache on, ``num_return_sequences = n``. Temperature and top-p are applied by
-our own last logits processor (built from transformers' warpers), so it sees exactly the scores that are
-sampled from and records each sampled token's log-prob on the fly: one ``[batch, vocab]`` tensor alive at a
-time instead of ``output_scores``' whole ``[steps, batch, vocab]`` history.
+Our own decoding loop rather than ``model.generate``, for what RL sampling needs and ``generate`` does not do:
+each distinct prompt is prefilled once and its KV cache copied to its ``n`` samples (``generate`` repeats the
+prompt ``n`` times first, which on GRPO-sized groups is most of the prefill work); rows that have finished
+leave the batch; each sampled token's log-prob under the distribution it was drawn from (temperature, then
+top-p) is kept as it is drawn, one ``[batch, vocab]`` tensor alive at a time.
 
 The engine keeps its own copy of the model; ``update_weights`` copies the trainer's tensors into it in place.
 Sharing the trainer's module instead would save memory but would couple train/eval modes, gradient
@@ -49,7 +50,7 @@ class HFEngine(RolloutEngine):
         super().__init__(model_path, max_model_len=max_model_len, seed=seed)
         if options:
             raise TypeError(f"the hf rollout engine has no option(s) {sorted(options)}; it takes device and batch_size")
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
@@ -58,12 +59,9 @@ class HFEngine(RolloutEngine):
         self.model.to(self.device).eval()
         self.eos_token_ids = _eos_token_ids(self.model.generation_config, self.tokenizer)
         pad = self.tokenizer.pad_token_id
+        # Checkpoints' sampling defaults (top_k, repetition_penalty... in generation_config) are ignored: the
+        # trainer assumes exactly temperature + top-p.
         self.pad_token_id = self.eos_token_ids[0] if pad is None else pad
-        # Checkpoints ship sampling defaults (top_k, repetition_penalty...) that would change the distribution
-        # the trainer assumes; only the token ids are kept.
-        self.model.generation_config = GenerationConfig(
-            eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, bos_token_id=self.model.config.bos_token_id
-        )
         self._seeds = torch.Generator().manual_seed(seed)
 
     def generate(
@@ -78,52 +76,65 @@ class HFEngine(RolloutEngine):
         on_group: GroupCallback | None = None,
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. Without ``seed``, one is drawn from the engine's own generator
-        (seeded at construction), so a fresh engine repeats its sequence of calls exactly. The global torch
-        RNG is left as it was."""
+        (seeded at construction), so a fresh engine repeats its sequence of calls exactly. Sampling uses its
+        own generator: the global torch RNG is left as it was."""
         self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
         if seed is None:
             seed = int(torch.randint(2**62, (1,), generator=self._seeds))
+        generator = torch.Generator(self.device).manual_seed(seed)
         batch_size = self.batch_size or len(prompt_token_ids)
         groups: list[list[Completion]] = []
-        cuda_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode():
-            torch.manual_seed(seed)
+        with torch.inference_mode():
             for start in range(0, len(prompt_token_ids), batch_size):
                 batch = prompt_token_ids[start : start + batch_size]
-                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p):
+                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p, generator):
                     if on_group is not None:
                         on_group(len(groups), group)
                     groups.append(group)
         return groups
 
-    def _generate_batch(
-        self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float
-    ) -> list[list[Completion]]:
-        from transformers import LogitsProcessorList
+    def _generate_batch(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float,
+                        generator: torch.Generator) -> list[list[Completion]]:
+        from transformers import DynamicCache
 
+        # Greedy answers are one answer copied n times.
+        samples = n if temperature > 0 else 1
         width = max(len(prompt) for prompt in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
-        recorder = _SampledTokenLogprobs(temperature, top_p)
-        # Greedy decoding refuses num_return_sequences > 1; its n answers are one answer copied.
-        samples = n if temperature > 0 else 1
-        # transformers' global default top_k=50 applies to sampling unless turned off; the recorder does
-        # temperature and top-p itself.
-        sampling = {"do_sample": True, "top_k": 0} if temperature > 0 else {"do_sample": False}
-        sequences = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            **sampling,
-            num_return_sequences=samples,
-            max_new_tokens=max_new_tokens,
-            logits_processor=LogitsProcessorList([recorder]),
-        )
-        logprobs = recorder.finish(sequences).cpu()
-        responses = sequences[:, width:].cpu()
-        completions = [self._completion(responses[row].tolist(), logprobs[row], max_new_tokens) for row in range(len(responses))]
+            mask[row, width - len(prompt) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True).logits[:, -1]
+        # Each prompt's cache and last logits, copied to its samples (rows prompt-major: p * samples + j).
+        cache.batch_repeat_interleave(samples)
+        logits, mask = logits.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+        rows = len(prompts) * samples
+        tokens = torch.full((rows, max_new_tokens), self.pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros((rows, max_new_tokens))
+        lengths = torch.full((rows,), max_new_tokens)
+        active = torch.arange(rows, device=self.device)  # batch row -> output row
+        eos = torch.tensor(self.eos_token_ids, device=self.device)
+        for step in range(max_new_tokens):
+            token, logprob = _sample(logits, temperature, top_p, generator)
+            tokens[active.cpu(), step], logprobs[active.cpu(), step] = token.cpu(), logprob.float().cpu()
+            done = torch.isin(token, eos)
+            lengths[active[done].cpu()] = step + 1
+            if step + 1 == max_new_tokens or bool(done.all()):
+                break
+            if bool(done.any()):  # finished rows leave the batch (and the cache)
+                keep = (~done).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                active, token, mask = active[keep], token[keep], mask[keep]
+            mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=-1)
+            logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+        completions = [self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]], max_new_tokens)
+                       for row in range(rows)]
         groups = [completions[index * samples : (index + 1) * samples] for index in range(len(prompts))]
         return [group if samples == n else [copy.deepcopy(group[0]) for _ in range(n)] for group in groups]
 
@@ -163,40 +174,22 @@ class HFEngine(RolloutEngine):
             torch.cuda.empty_cache()
 
 
-class _SampledTokenLogprobs:
-    """The only logits processor: temperature, then top-p, and the log-prob of whatever token gets sampled.
-
-    The token sampled from step t's scores shows up as ``input_ids[:, -1]`` at step t + 1, so each call
-    collects the previous step's log-prob; :meth:`finish` collects the last one from the final sequences.
-    """
-
-    def __init__(self, temperature: float, top_p: float) -> None:
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
-        self.warpers = []
-        if temperature > 0 and temperature != 1:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_p < 1:
-            self.warpers.append(TopPLogitsWarper(top_p))
-        self.previous: torch.Tensor | None = None
-        self.logprobs: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._collect(input_ids)
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def _collect(self, input_ids: torch.Tensor) -> None:
-        if self.previous is not None:
-            self.logprobs.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """``[batch, steps]`` log-probs of the sampled tokens."""
-        self._collect(sequences)
-        self.previous = None
-        return torch.stack(self.logprobs, dim=1)
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row, and its log-prob under the distribution it was drawn from: ``logits / temperature``
+    renormalised over the top-p nucleus (greedy: the argmax, with its plain log-softmax)."""
+    if temperature == 0:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        token = logprobs.argmax(-1)
+        return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        # the smallest set of most likely tokens whose mass reaches top_p (always at least the most likely one)
+        sorted_logprobs, order = logprobs.sort(dim=-1, descending=True)
+        mass_before = sorted_logprobs.exp().cumsum(-1) - sorted_logprobs.exp()
+        outside = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        logprobs = torch.log_softmax(logprobs.masked_fill(outside, float("-inf")), dim=-1)
+    token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+    return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
 def _eos_token_ids(generation_config, tokenizer) -> list[int]:

@@ -11,6 +11,7 @@ reload bug (see ``_repack_cpu_embedding_gemms``).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -168,7 +169,8 @@ class VLLMEngine(RolloutEngine):
         cache (its KV entries were computed by the old weights)."""
         if self._asleep:
             self._llm.wake_up(tags=["weights"])
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        with _quiet_expected_reload_warnings(self._llm.llm_engine.vllm_config.model_config.hf_config):
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         if self._on_cpu:
             self._llm.collective_rpc(_repack_cpu_embedding_gemms)
         self._llm.reset_prefix_cache()
@@ -223,6 +225,27 @@ def _repack_cpu_embedding_gemms(worker) -> None:
     for module in worker.model_runner.get_model().modules():
         if isinstance(module, VocabParallelEmbedding):
             module.quant_method.process_weights_after_loading(module)
+
+
+@contextmanager
+def _quiet_expected_reload_warnings(hf_config) -> Iterator[None]:
+    """Drop vLLM's "<Layer>: Failed to load weights" warnings for layers that have no trained weights to load:
+    the rotary embedding (a computed cos/sin table) and, with tied embeddings, the LM head (it is the input
+    embedding, which is loaded). A warning about any other layer still shows: that would be a real miss."""
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.msg != "%s: Failed to load weights" or not record.args:
+            return True
+        layer = str(record.args[0])  # type: ignore[index]
+        return not (layer.endswith("RotaryEmbedding") or (tied and layer == "ParallelLMHead"))
+
+    reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    reload_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        reload_logger.removeFilter(keep)
 
 
 def _completion(sample) -> Completion:
