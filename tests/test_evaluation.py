@@ -8,6 +8,7 @@ known-correct cases come from hand-written completions that go through the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def rewarder() -> Rewarder:
-    return Rewarder(evaluation.VERIFIER_OPTIONS, workers=1)
+def rewarder() -> Iterator[Rewarder]:
+    with Rewarder(evaluation.VERIFIER_OPTIONS, workers=1) as shared:
+        yield shared
 
 
 def _data_paths(shared_data: Path) -> dict[str, Path]:

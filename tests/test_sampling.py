@@ -93,9 +93,14 @@ def test_vllm_hands_every_group_over_once_with_what_it_returns(tiny_model_dir, p
 
 
 def test_a_rewarder_closes_its_background_thread():
+    def rewarder_threads() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name.startswith("rlvr-rewarder")}
+
+    before = rewarder_threads()  # other tests' rewarders may still be open
     rewarder = Rewarder({})
     example = tasks.load("arithmetic", limit=1, seed=0)[0]
     verdicts = rewarder.submit(["\\boxed{" + str(example.reference) + "}"], [example]).result(timeout=60)
     assert verdicts[0].correct
+    assert rewarder_threads() - before, "verification did not run in a background thread"
     rewarder.close()
-    assert not any(thread.name.startswith("rlvr-rewarder") for thread in threading.enumerate())
+    assert rewarder_threads() <= before
