@@ -42,25 +42,29 @@ def eos_token_id(reference_model) -> int:
     return reference_model.generation_config.eos_token_id
 
 
-@pytest.fixture(scope="module")
-def trained_model(tiny_model_dir, eos_token_id):
-    """The tiny model after a few optimizer steps that make EOS (an empty answer) the likeliest first token
-    after every prompt: what a trainer would push into the engine."""
+def model_trained_to_end(model_dir, eos_token_id: int, ends: list[bool]):
+    """The tiny model after a few Adam steps that make EOS (an empty answer) near-certain after each prompt of
+    ``PROMPTS`` marked in ``ends`` (p > 0.999) and unlikely after the others (p < 0.01): what a trainer would
+    push into the engine."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(10):  # a handful of steps drive the loss below 0.05 (p(target) > 0.95 for each prompt)
-        loss = sum(
-            -torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1], dim=-1)[eos_token_id] for prompt in PROMPTS
-        )
-        if loss.item() < 0.05:
-            break
+    for _ in range(40):  # about a dozen steps suffice
+        eos = [torch.softmax(model(torch.tensor([prompt])).logits[0, -1], dim=-1)[eos_token_id] for prompt in PROMPTS]
+        if all(p.item() > 0.999 if end else p.item() < 0.01 for p, end in zip(eos, ends, strict=True)):
+            return model.eval()
+        loss = -sum((p if end else 1 - p).log() for p, end in zip(eos, ends, strict=True))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 0.05
-    return model.eval()
+    raise AssertionError(f"the model did not learn where to end: p(EOS) = {[round(p.item(), 4) for p in eos]}")
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_model_dir, eos_token_id):
+    """EOS the likeliest first token after every prompt."""
+    return model_trained_to_end(tiny_model_dir, eos_token_id, [True] * len(PROMPTS))
 
 
 def forward_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> torch.Tensor:
@@ -138,21 +142,10 @@ def test_weight_update_changes_generation_without_restart(engine, trained_model,
     assert restored == before
 
 
-def test_rows_that_finish_early_leave_the_others_exact(engine, reference_model, eos_token_id):
+def test_rows_that_finish_early_leave_the_others_exact(engine, tiny_model_dir, reference_model, eos_token_id):
     """The first prompt's answers end at once (EOS) while the others run on: the hf loop drops finished rows
     from its batch and KV cache mid-generation; the rows left must still sample from the right distribution."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(reference_model.name_or_path, dtype=torch.float32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(40):
-        eos_probability = [torch.softmax(model(torch.tensor([p])).logits[0, -1], -1)[eos_token_id] for p in PROMPTS]
-        loss = -eos_probability[0].log() - sum((1 - p).log() for p in eos_probability[1:])
-        if eos_probability[0].item() > 0.999 and all(p.item() < 0.01 for p in eos_probability[1:]):
-            break
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = model_trained_to_end(tiny_model_dir, eos_token_id, [True] + [False] * (len(PROMPTS) - 1))
     try:
         engine.update_weights(model.named_parameters())
         groups = engine.generate(PROMPTS, n=3, max_new_tokens=10, temperature=1.0, seed=2)
@@ -162,7 +155,7 @@ def test_rows_that_finish_early_leave_the_others_exact(engine, reference_model, 
     assert all(len(c.token_ids) > 1 for group in groups[1:] for c in group)
     for prompt, group in zip(PROMPTS, groups, strict=True):
         for completion in group:
-            expected = forward_logprobs(model.eval(), prompt, completion.token_ids, 1.0)
+            expected = forward_logprobs(model, prompt, completion.token_ids, 1.0)
             torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=0)
 
 
