@@ -78,6 +78,25 @@ def test_options():
     assert not loose.verify("\\boxed{3.2}", "\\pi").correct  # 1.9e-2
     with pytest.raises(ValueError, match="on_multiple"):
         verifiers.get("math", on_multiple="first")
+    with pytest.raises(ValueError, match="extraction"):
+        verifiers.get("math", extraction="loose")
+
+
+def test_extraction_modes(checker):
+    strict = verifiers.get("math", extraction="strict")
+    for completion in ["-5", "We find that $x = -5$.", "so the result is -5 apples"]:
+        assert checker.verify(completion, "-5").correct, completion  # lenient, the default
+        assert strict.verify(completion, "-5").reason == "no answer", completion
+    assert checker.verify("The answer is \\boxed{-5}.", "-5").details["found_by"] == "box"
+    assert checker.verify("Thus $y=2$ and $x = -5$.", "-5").details["found_by"] == "math"
+    assert not checker.verify("Thus $x = -5$ and $y=2$.", "-5").correct  # the last expression is read
+    strict.close()
+
+
+def test_empty_box_is_no_answer(checker):
+    for completion in ["The answer is within \\boxed{}.", "Answer: $\\boxed{ }$", "We get \\boxed{} = 5"]:
+        assert checker.verify(completion, "5").reason == "no answer", completion
+        assert verifiers.get("math", extraction="strict").verify(completion, "within").reason == "no answer"
 
 
 @pytest.mark.parametrize(

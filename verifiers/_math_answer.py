@@ -8,9 +8,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+
+
+ExtractionMode = Literal["strict", "lenient"]
+EXTRACTION_MODES: tuple[ExtractionMode, ...] = ("strict", "lenient")
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class Extraction:
     answers: list[str]  # in order of appearance; several only when several boxes were found
     boxed: bool
     problem: str = ""  # "unclosed <think>", "no answer" when ``answers`` is empty
+    source: str = ""  # which rule found the answer: box, statement, math, bare, number
 
 
 def final_region(completion: str) -> str | None:
@@ -30,19 +36,88 @@ def final_region(completion: str) -> str | None:
     return None if "<think>" in completion else completion
 
 
-def extract_answers(completion: str, require_boxed: bool = False) -> Extraction:
-    """Every boxed answer of the final region, else the last final-answer statement."""
+# a model that runs on past its turn writes the next turn's marker; what follows is not its answer
+_TURN_END = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_turn|start_header_id)\|>|</s>")
+
+
+def extract_answers(completion: str, require_boxed: bool = False, mode: ExtractionMode = "lenient") -> Extraction:
+    """Every boxed answer of the final region, else the last final-answer statement; in
+    "lenient" mode also the last math expression, a completion that is only an answer, or the
+    last number of the prose (what other harnesses fall back to)."""
     region = final_region(completion)
     if region is None:
         return Extraction([], False, "unclosed <think>")
+    if mode == "lenient":
+        region = _TURN_END.split(region, maxsplit=1)[0]
     boxes = boxed_contents(region)
+    if mode == "lenient":
+        boxes = [answer for box in boxes if (answer := _inside_box(box)) is not None]
     if boxes:
-        return Extraction(boxes, True)
+        return Extraction(boxes, True, source="box")
     if not require_boxed:
         statement = last_answer_statement(region)
         if statement:
-            return Extraction([statement], False)
+            return Extraction([statement], False, source="statement")
+        if mode == "lenient" and not _BOX_COMMAND.search(region):  # an empty or cut-off box is no answer
+            for source, rule in (("math", last_math_expression), ("bare", bare_answer), ("number", last_prose_number)):
+                if answer := rule(region):
+                    return Extraction([answer], False, source=source)
     return Extraction([], False, "no boxed answer" if require_boxed else "no answer")
+
+
+def _inside_box(content: str) -> str | None:
+    """A box that holds a sentence with math (or another box) is read like a completion."""
+    if not _MATH_MARKUP.search(content) and not _BOX_COMMAND.search(content):
+        return content
+    inner = extract_answers(content, mode="lenient")
+    return inner.answers[-1] if inner.answers else None
+
+
+_MATH_MARKUP = re.compile(r"(?<!\\)\$|\\\(|\\\[")
+# display math may span lines, inline math may not (a lone "$" is often a currency sign)
+_MATH_SPAN = re.compile(
+    r"\$\$(?P<a>.+?)\$\$|\\\[(?P<b>.+?)\\\]|\\\((?P<c>[^\n]+?)\\\)|(?<![\\$])\$(?P<d>[^$\n]+?)(?<!\\)\$",
+    re.DOTALL,
+)
+
+
+def last_math_expression(region: str) -> str | None:
+    """The content of the last ``$...$``, ``$$...$$``, ``\\(...\\)`` or ``\\[...\\]`` span."""
+    last = None
+    for match in _MATH_SPAN.finditer(region):
+        last = match
+    if last is None:
+        return None
+    content = next(group for group in last.groups() if group is not None).strip()
+    return content.rstrip(".,;").strip() or None
+
+
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+
+
+def bare_answer(region: str) -> str | None:
+    """The completion itself when it is only an answer: one short line without prose words
+    (units and number words are not prose)."""
+    text = region.strip().rstrip(".").strip()
+    if not text or "\n" in text or len(text) > 120:
+        return None
+    plain = _TEXT_COMMANDS.sub(lambda m: m.group(1), text)
+    words = [w for w in _WORD.findall(plain) if not re.fullmatch(_UNIT_WORDS, w, re.IGNORECASE)]
+    one_word = len(plain.split()) == 1  # "odd", "Evelyn"
+    return text if not words or one_word or all(w.lower() in NUMBER_WORDS for w in words) else None
+
+
+_PROSE_NUMBER = re.compile(r"[-+]?(?:\d+(?:[,.]\d+)*|\.\d+)(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b))?")
+
+
+def last_prose_number(region: str) -> str | None:
+    """The last number written in the prose, outside any math markup (math spans were tried
+    before): "the number is not 10 which is 1,000.99" gives 1,000.99."""
+    prose = re.sub(r"\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]", " ", region, flags=re.DOTALL)
+    last = None
+    for match in _PROSE_NUMBER.finditer(prose):
+        last = match
+    return last.group(0).rstrip(",.").strip() if last else None
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -104,8 +179,13 @@ def last_answer_statement(region: str) -> str | None:
     rest = last.group("rest").strip().lstrip("*").strip()
     while inner := list(_STATEMENT.finditer(rest)):  # "Final Answer: The final answer is X"
         rest = inner[-1].group("rest").strip()
-    if re.match(r"[A-Za-z]+\s+[A-Za-z$]", rest) and " is " in rest:  # "Final Answer: The largest $n$ is 34."
-        rest = rest.rsplit(" is ", 1)[1].strip()
+    answer = _answer_of_statement(rest)
+    if answer is None or _BOX_COMMAND.search(answer):  # "The answer is within \\boxed{}": an empty box is no answer
+        return None
+    return answer
+
+
+def _answer_of_statement(rest: str) -> str | None:
     for left, right in _MATH_DELIMITERS:
         if rest.startswith(left):
             end = rest.find(right, len(left))
@@ -113,6 +193,12 @@ def last_answer_statement(region: str) -> str | None:
                 return rest[len(left) : end].strip() or None
     sentence = re.split(r"(?<![\d\\])\.(?:\s|$)|\.\s", rest, maxsplit=1)[0]
     sentence = sentence.strip().strip("*").rstrip(".,;:!").strip()
+    if re.match(r"[A-Za-z]+\s+[A-Za-z$]", sentence):  # a sentence, not an answer
+        if " is " in sentence:  # "Final Answer: The largest $n$ is 34."
+            return _answer_of_statement(sentence.rsplit(" is ", 1)[1].strip())
+        numbers = _PROSE_NUMBER.findall(sentence)
+        if len(numbers) == 1 and "$" not in sentence:  # "Final Answer: Jane started 3 hours ago."
+            return numbers[0].strip()
     return sentence or None
 
 
@@ -128,6 +214,15 @@ class Normalized:
     percent: bool
     text: str | None  # lower-cased words when the answer is plain text
     choice: str | None  # "A".."J" when the answer is a multiple-choice letter
+
+
+_SMALL_NUMBER_NAMES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty"
+).split()
+NUMBER_WORDS: dict[str, int] = {word: value for value, word in enumerate(_SMALL_NUMBER_NAMES)} | {
+    word: 10 * tens for tens, word in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), start=3)
+}
 
 
 _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from verifiers import register
-from verifiers._math_answer import boxed_contents, extract_answers
+from verifiers._math_answer import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answers
 from verifiers._math_judge import CORRECT, SEVERAL, judge, judge_in_worker, warm_up
 from verifiers.base import CallTimeout, RemoteError, Verdict, Verifier, WorkerCrashed, WorkerPool
 
@@ -23,8 +23,13 @@ class MathVerifier(Verifier):
     """Checks the final answer of a math completion against a gold answer (LaTeX or plain).
 
     Options:
-        require_boxed: only a ``\\boxed{}``/``\\fbox{}`` answer counts (a format requirement for
-            training); otherwise "The answer is X", "Answer: X" and "#### X" count too.
+        extraction: where the answer is read. "strict": a ``\\boxed{}`` answer, else a final-answer
+            statement ("The answer is X", "Answer: X", "#### X"). "lenient" (the default, how other
+            evaluation harnesses read answers): strict, else the last math expression (``$...$``,
+            ``\\[...\\]``) of the final region, else a completion that is itself only an answer,
+            else the last number of its prose; a box holding a sentence is read the same way.
+        require_boxed: only a ``\\boxed{}``/``\\fbox{}`` answer counts, in either mode (a format
+            requirement for training).
         on_multiple: "reject" scores several non-equivalent boxed answers 0 ("several different
             answers"); "last" takes the last one, as other evaluation harnesses do.
         rel_tol: relative tolerance for numeric answers (``3.14`` is not ``\\pi``).
@@ -33,17 +38,21 @@ class MathVerifier(Verifier):
 
     def __init__(
         self,
+        extraction: ExtractionMode = "lenient",
         require_boxed: bool = False,
         on_multiple: Literal["reject", "last"] = "reject",
         rel_tol: float = 1e-9,
         time_limit: float = 2.0,
     ):
+        if extraction not in EXTRACTION_MODES:
+            raise ValueError(f"extraction must be 'strict' or 'lenient', not {extraction!r}")
         if on_multiple not in ("reject", "last"):
             raise ValueError(f"on_multiple must be 'reject' or 'last', not {on_multiple!r}")
         if not rel_tol >= 0:
             raise ValueError(f"rel_tol must be >= 0, not {rel_tol!r}")
         if not time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, not {time_limit!r}")
+        self.extraction = extraction
         self.require_boxed = require_boxed
         self.on_multiple = on_multiple
         self.rel_tol = rel_tol
@@ -73,12 +82,12 @@ class MathVerifier(Verifier):
         references = _reference_answers(reference)
         if not references:
             return Verdict(0.0, False, None, "error", {"error": f"empty reference answer {reference!r}"})
-        extraction = extract_answers(str(completion), require_boxed=self.require_boxed)
+        extraction = extract_answers(str(completion), require_boxed=self.require_boxed, mode=self.extraction)
         if not extraction.answers:
             return Verdict(0.0, False, None, "no answer", {"problem": extraction.problem})
         answers = extraction.answers[-1:] if self.on_multiple == "last" else extraction.answers
         extracted = answers[-1]
-        details: dict[str, Any] = {"boxed": extraction.boxed, "answers": len(answers)}
+        details: dict[str, Any] = {"boxed": extraction.boxed, "answers": len(answers), "found_by": extraction.source}
         result = judge(answers, references, self.rel_tol, use_sympy=False)
         if result is None:
             details["sympy"] = True
