@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 say() { printf '[setup] %s\n' "$*"; }
 
 # --- System packages: bubblewrap for the bwrap sandbox, Podman (Docker API) for the docker one.
-system_packages=(bubblewrap podman runc debootstrap)
+system_packages=(bubblewrap podman runc debootstrap g++)
 missing=()
 for package in "${system_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
