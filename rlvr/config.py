@@ -7,7 +7,8 @@ Every option is declared with :func:`option`, which records its default and a on
         lr: float = option(1e-6, "Peak learning rate of AdamW.")
 
 :func:`load` reads a YAML file into a config dataclass, applies command-line overrides and checks
-every key and type; mistakes raise :class:`ConfigError` naming the key and what is valid.
+every key, type and ``choices=`` of an option; mistakes raise :class:`ConfigError` naming the key and
+what is valid. :func:`validate` checks the choices of a config built or changed in Python.
 :func:`render` prints every option with its value and doc (``rlvr train --print-config``).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -30,11 +32,63 @@ class ConfigError(ValueError):
     """A configuration key or value that is not valid; the message says what to write instead."""
 
 
-def option(default: Any, doc: str) -> Any:
-    """A config field with a default and a one-line doc. Mutable defaults are copied per instance."""
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    """The valid values of an option are the names in a plug-in registry, looked up when a config is
+    checked (so a plug-in registered later counts). ``names`` is ``"module:attribute"``: a function
+    returning the names, or a :class:`rlvr.registry.Registry`. ``extra`` values are valid too
+    (``auto``); a value starting with one of ``prefixes`` is taken as it is (``hf:ORG/NAME``)."""
+
+    names: str
+    extra: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+    def valid(self) -> list[str]:
+        module, _, attribute = self.names.partition(":")
+        source = getattr(importlib.import_module(module), attribute)
+        registered = source.available() if hasattr(source, "available") else source()
+        return [*self.extra, *registered]
+
+    def allows(self, value: str) -> bool:
+        return value.startswith(self.prefixes) or value in self.valid()
+
+
+Choices = tuple[str, ...] | Registered
+
+
+def option(default: Any, doc: str, choices: Choices | None = None) -> Any:
+    """A config field with a default and a one-line doc. Mutable defaults are copied per instance.
+    ``choices``: the only valid values, fixed (a tuple) or the names of a registry (:class:`Registered`),
+    checked whenever a config is built by :func:`load`/:func:`from_dict` or passed to :func:`validate`."""
+    metadata = {"doc": doc} if choices is None else {"doc": doc, "choices": choices}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def validate(config: Any, prefix: str = "") -> None:
+    """Check every option with ``choices`` in ``config`` and its sections, however the config was built
+    (loaded, or made and changed in Python); :class:`ConfigError` names the key and the valid values."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{field.name}.")
+        elif "choices" in field.metadata:
+            _check_choice(value, field.metadata["choices"], prefix + field.name)
+
+
+def _check_choice(value: Any, choices: Choices, key: str) -> None:
+    if isinstance(choices, Registered):
+        if isinstance(value, str) and choices.allows(value):
+            return
+        valid = choices.valid() + [p + "..." for p in choices.prefixes]
+    elif value in choices:
+        return
+    else:
+        valid = list(choices)
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{key}: {value!r} is not one of the valid choices {', '.join(map(repr, valid))}.{hint}")
 
 
 def load(cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> C:
@@ -92,11 +146,14 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
             raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {error}") from None
+    if not prefix:  # the sections were built by the recursion: check the whole config once, at the top
+        validate(built)
+    return built
 
 
 def _unknown_key_message(dotted: str, valid: list[str], prefix: str) -> str:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import option, render
+from rlvr.config import Registered, option, render
+from rlvr.train_config import ENGINES, TEMPLATES
 
 
 @dataclass
@@ -58,7 +59,8 @@ class RLStageConfig:
     micro_batch_size: int = option(64, "Samples per forward/backward in the RL update.")
     kimi_coef: float = option(0.1, "Weight of the Kimi k1.5 group length penalty (keeps answers short).")
     max_new_tokens: int = option(64, "Longest response in tokens.")
-    engine: str = option("auto", "Rollout engine: auto (vllm when installed, else hf), vllm or hf.")
+    engine: str = option("auto", "Rollout engine: auto (vllm when installed, else hf), vllm or hf.",
+                         choices=Registered(ENGINES.names, extra=("auto",)))
 
 
 @dataclass
@@ -71,7 +73,8 @@ class EvalStageConfig:
 class DemoConfig:
     out: str = option("runs/demo", "Directory of everything the demo writes.")
     seed: int = option(0, "Seed of the model, the data and sampling.")
-    template: str = option("base-short", "Prompt template: R1-Zero style (<think> reasoning, \\boxed{} answer) without the preamble.")
+    template: str = option("base-short", "Prompt template: R1-Zero style (<think> reasoning, \\boxed{} answer) without the preamble.",
+                           choices=TEMPLATES)
     problems: ProblemsConfig = option(ProblemsConfig(), "The generated problems.")
     model: ModelConfig = option(ModelConfig(), "The tiny model built from scratch.")
     sft: SFTStageConfig = option(SFTStageConfig(), "The supervised warm-start.")

@@ -26,18 +26,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rlvr.config import ConfigError, option
-from rlvr.train_config import ModelConfig
+from rlvr.train_config import TASKS, TEMPLATES, ModelConfig
 
 
 @dataclass
 class SFTDataConfig:
-    task: str = option("arithmetic", "Registered task (see `rlvr tasks list`) whose examples carry a target, e.g. arithmetic, gsm8k.")
+    task: str = option("arithmetic", "Registered task (see `rlvr tasks list`) whose examples carry a target, e.g. arithmetic, gsm8k.",
+                       choices=TASKS)
     path: str | None = option(None, "Local data file (jsonl/json/parquet) to read instead of the task's default source.")
     split: str | None = option(None, "Data split; null uses the task's default split.")
     limit: int | None = option(None, "Use only the first N examples (after shuffling with data.seed).")
     options: dict[str, Any] = option({}, "Task options: generator knobs or column names, e.g. {solution_column: answer}.")
     target_field: str = option("solution", "Example metadata field holding the target completion (the worked solution).")
-    template: str = option("auto", "Prompt template: auto, base, chat or code (the same one RL and eval use).")
+    template: str = option("auto", "Prompt template: auto, base, chat or code (the same one RL and eval use).", choices=TEMPLATES)
     max_tokens: int = option(1024, "Examples whose prompt + target exceed this many tokens are dropped, with a count.")
     seed: int = option(0, "Seed of the data shuffle and order.")
 
@@ -96,6 +97,9 @@ class SFTResult:
 
 def check_config(cfg: SFTConfig) -> None:
     """Raise :class:`ConfigError` naming the option when values cannot work together."""
+    from rlvr import config
+
+    config.validate(cfg)
     optim = cfg.optim
     if optim.batch_size < 1 or optim.micro_batch_size < 1:
         raise ConfigError("optim.batch_size and optim.micro_batch_size must be at least 1")

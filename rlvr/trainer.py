@@ -24,6 +24,7 @@ from rlvr.update import TrainBatch, per_sample_logprobs, update_policy
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train according to ``cfg``; returns the directory of the final checkpoint."""
+    config.validate(cfg)  # a config built in Python has not been through the loader's checks
     run_dir = Path(cfg.checkpoint.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config.render(cfg) + "\n")

@@ -96,3 +96,59 @@ def test_render_round_trips_through_load(tmp_path):
     path = tmp_path / "saved.yaml"
     path.write_text(config.render(changed))
     assert config.load(TrainConfig, path) == changed
+
+
+def test_options_with_a_fixed_set_of_values_are_refused_when_loaded():
+    with pytest.raises(ConfigError) as error:
+        config.load(TrainConfig, None, ["optim.lr_schedule=step"])
+    assert str(error.value) == "optim.lr_schedule: 'step' is not one of the valid choices 'constant', 'linear', 'cosine'."
+    for override, valid, hint in [
+        ("algorithm.estimator=gpro", "'dr_grpo', 'grpo', 'reinforce_pp_baseline', 'rloo'", "'grpo'"),
+        ("algorithm.loss_agg=token_mean", "'seq-mean-token-mean', 'seq-mean-token-sum-norm', 'token-mean'", "'token-mean'"),
+        ("algorithm.kl_estimator=k4", "'k1', 'k2', 'k3'", None),
+        ("rollout.engine=vlm", "'hf', 'vllm'", "'vllm'"),
+        ("verifier.sandbox=bwarp", "'auto', 'bwrap', 'docker', 'subprocess'", "'bwrap'"),
+        ("model.dtype=fp32", "'auto', 'float32', 'bfloat16', 'float16'", None),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            config.load(TrainConfig, None, [override])
+        key, value = override.split("=")
+        assert str(error.value).startswith(f"{key}: {value!r} is not one of the valid choices {valid}."), str(error.value)
+        assert (f"Did you mean {hint}?" in str(error.value)) == (hint is not None)
+
+
+def test_registry_backed_choices_see_plug_ins_and_hub_names():
+    with pytest.raises(ConfigError, match=r"data\.task: 'gsm9k' is not one of .*'gsm8k'.*'hf:\.\.\.'\. Did you mean 'gsm8k'\?"):
+        config.load(TrainConfig, None, ["data.task=gsm9k"])
+    assert config.load(TrainConfig, None, ["data.task=hf:org/name"]).data.task == "hf:org/name"
+    with pytest.raises(ConfigError, match="data.template: 'plain'"):
+        config.load(TrainConfig, None, ["data.template=plain"])
+
+    import tasks
+
+    @tasks.register("registered-in-a-test")
+    def _task():  # a plug-in registered after the schema was defined still counts
+        raise AssertionError("not loaded by the check")
+
+    assert config.load(TrainConfig, None, ["data.task=registered-in-a-test"]).data.task == "registered-in-a-test"
+
+
+def test_a_config_built_in_python_is_checked_by_train_and_sft(tmp_path):
+    from rlvr import sft
+    from rlvr.trainer import train
+
+    cfg = TrainConfig()
+    cfg.checkpoint.output_dir = str(tmp_path / "run")
+    cfg.optim.lr_schedule = "step"
+    with pytest.raises(ConfigError, match="optim.lr_schedule: 'step' is not one of the valid choices"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written or loaded
+    sft_cfg = sft.SFTConfig()
+    sft_cfg.data.template = "plain"
+    with pytest.raises(ConfigError, match="data.template: 'plain' is not one of the valid choices 'auto', 'base'"):
+        sft.train(sft_cfg)
+
+
+def test_every_default_is_one_of_its_choices():
+    config.validate(TrainConfig())  # every default is one of its choices
+    config.validate(Outer())

@@ -124,23 +124,23 @@ def test_metrics_log_and_resume_truncation(tmp_path):
 
 
 def test_config_problems_are_all_reported_together():
-    cfg = config.load(TrainConfig, None, ["algorithm.estimator=gpro", "rollout.group_size=1", "optim.micro_batch_size=512",
-                                          "algorithm.dual_clip=0.5", "optim.lr_schedule=step", "model.cpu_threads=-2"])
+    cfg = config.load(TrainConfig, None, ["rollout.group_size=1", "optim.micro_batch_size=512",
+                                          "algorithm.dual_clip=0.5", "model.cpu_threads=-2"])
+    cfg.algorithm.estimator = "gpro"  # set in Python: the loader would have refused it already
     problems = preflight.config_problems(cfg)
     text = "\n".join(problems)
-    assert "algorithm.estimator: 'gpro' is not one of dr_grpo, grpo, reinforce_pp_baseline, rloo" in text
+    assert "algorithm.estimator: 'gpro' is not one of the valid choices 'dr_grpo', 'grpo', 'reinforce_pp_baseline', 'rloo'" in text
     assert "rollout.group_size=1" in text and "at least 2" in text
     assert "micro_batch_size=512 is larger than optim.mini_batch_size=256" in text
     assert "dual_clip must be > 1" in text
-    assert "optim.lr_schedule: 'step'" in text
     assert "model.cpu_threads must be 0 (torch's default) or a positive thread count, got -2" in text
-    assert len(problems) == 6
+    assert len(problems) == 5
     assert preflight.config_problems(TrainConfig()) == []
 
 
 def test_environment_problems_name_the_model_and_the_task(tmp_path):
-    cfg = config.load(TrainConfig, None, [f"model.path={tmp_path / 'no-such-model'}", "data.task=no-such-task",
-                                          "rollout.engine=hf"])
+    cfg = config.load(TrainConfig, None, [f"model.path={tmp_path / 'no-such-model'}", "rollout.engine=hf"])
+    cfg.data.task = "no-such-task"
     with pytest.raises(ConfigError) as error:
         preflight.check(cfg)
     message = str(error.value)
