@@ -174,7 +174,7 @@ def evaluate_checkpoint(cfg: DemoConfig, model_dir: Path, output_dir: Path, engi
         top_p=1.0, max_tokens=cfg.rl.max_new_tokens, template=cfg.template, seed=cfg.seed,
         limit=cfg.problems.eval_problems, split="test", output_dir=output_dir, engine=engine,
         engine_options={"gpu_memory_utilization": 0.05} if engine == "vllm" else None,
-        task_options=cfg.problems.options, progress=lambda line: print(f"  {line}", flush=True),
+        task_options={cfg.problems.task: cfg.problems.options}, progress=lambda line: print(f"  {line}", flush=True),
     )
 
 

@@ -11,7 +11,9 @@ Two entry points share one code path:
   (the trainer's, every ``eval.every`` steps) and returns the per-task results.
 
 Answers are checked with the math verifier's ``on_multiple="last"`` convention (the last boxed answer
-counts), as published evaluations do; it is recorded in ``results.json``.
+counts), as published evaluations do; it is recorded in ``results.json``. Math tasks are scored twice from
+the same samples: with the verifier's default ``extraction="lenient"`` (the headline metrics) and with
+``extraction="strict"`` (only a boxed answer or a final-answer statement counts; under ``"strict"``).
 
 Seeds: the problem at position ``p`` of a task is sampled in a batch whose seed is
 ``seed + p_start * n`` (``p_start``: the first position of the batch), and batches always start at
@@ -43,7 +45,9 @@ SAMPLES_FILE = "samples.jsonl"
 RESULTS_FILE = "results.json"
 PLOT_FILE = "pass_at_k.png"
 # The convention published numbers use when a completion boxes several answers: the last one counts.
-VERIFIER_OPTIONS: dict[str, Any] = {"on_multiple": "last"}
+VERIFIER_OPTIONS: dict[str, Any] = {"on_multiple": "last", "extraction": "lenient"}
+# The second score of math tasks, from the same samples: a boxed answer or a final-answer statement only.
+STRICT_VERIFIER_OPTIONS: dict[str, Any] = {**VERIFIER_OPTIONS, "extraction": "strict"}
 CONFIDENCE = 0.95
 DEFAULT_PROBLEMS_PER_BATCH = 32
 # Settings that change what is sampled or how it is checked: a resumed run must match them.
@@ -106,6 +110,7 @@ def score_task(
     *,
     majority_vote: bool = True,
     seed: int = 0,
+    suffix: str = "",
 ) -> dict[str, Any]:
     """The metrics of one task from its sample rows (each problem must have exactly ``n`` rows).
 
@@ -114,7 +119,8 @@ def score_task(
     ``truncation_rate``, ``verdicts`` (count per verifier reason) and ``per_problem`` (the problem ids and
     every metric's per-problem value, used by :func:`compare`). maj@K groups extracted answers with
     ``equivalent`` (default: string equality); ``majority_vote=False`` leaves maj@K out (code tasks, where
-    voting over programs means nothing).
+    voting over programs means nothing). ``suffix`` picks another verdict of each row: ``"_strict"`` scores
+    ``correct_strict`` and ``extracted_strict``.
     """
     ks = check_ks(ks, n)
     by_problem = group_by_problem(rows)
@@ -129,12 +135,12 @@ def score_task(
     if majority_vote:
         per_problem.update({f"maj@{k}": [] for k in ks})
     for samples in by_problem.values():
-        flags = [bool(row["correct"]) for row in samples]
+        flags = [bool(row["correct" + suffix]) for row in samples]
         for k in ks:
             per_problem[f"pass@{k}"].append(pass_at_k(n, sum(flags), k))
         per_problem[f"avg@{n}"].append(avg_at_n(flags))
         if majority_vote:
-            answers = [row["extracted"] for row in samples]
+            answers = [row["extracted" + suffix] for row in samples]
             for k in ks:
                 per_problem[f"maj@{k}"].append(maj_at_k(answers, flags, k, equivalent, seed=seed))
 
@@ -146,7 +152,7 @@ def score_task(
     }
     result["mean_response_length"] = _mean([row["length"] for row in all_rows])
     result["truncation_rate"] = _mean([row["finish_reason"] == "length" for row in all_rows])
-    result["verdicts"] = dict(Counter(row["reason"] for row in all_rows).most_common())
+    result["verdicts"] = dict(Counter(row["reason" + suffix] for row in all_rows).most_common())
     result["per_problem"] = {"ids": list(by_problem), **per_problem}
     return result
 
@@ -205,14 +211,21 @@ def evaluate_with_engine(
     choose the seeds). ``done_rows`` are sample rows of problems finished earlier, which are not sampled
     again but are scored; ``on_rows`` receives the rows of every finished batch of problems (to save them).
     ``rewarder`` is a :class:`rlvr.sampling.Rewarder` (default: one with the evaluation convention
-    :data:`VERIFIER_OPTIONS`). Returns the :func:`score_task` result per task.
+    :data:`VERIFIER_OPTIONS`). Returns the :func:`score_task` result per task; a math task's result also
+    holds ``extraction`` (the mode of its headline metrics) and ``strict``, the same metrics scored with
+    :data:`STRICT_VERIFIER_OPTIONS` from the same samples.
     """
+    import verifiers
     from rlvr.sampling import Rewarder
 
     ks = check_ks(ks if ks is not None else default_ks(n), n)
     if problems_per_batch < 1:
         raise EvaluationError(f"problems_per_batch must be at least 1, got {problems_per_batch}")
-    with Rewarder(VERIFIER_OPTIONS) if rewarder is None else contextlib.nullcontext(rewarder) as rewarder:
+    strict = None
+    if any({example.verifier for example in examples} == {"math"} for examples in examples_by_task.values()):
+        strict = verifiers.get_accepting("math", **STRICT_VERIFIER_OPTIONS)
+    with (Rewarder(VERIFIER_OPTIONS) if rewarder is None else contextlib.nullcontext(rewarder) as rewarder,
+          contextlib.closing(strict) if strict is not None else contextlib.nullcontext()):
         done_by_task: dict[str, list[SampleRow]] = {}
         for row in done_rows:
             done_by_task.setdefault(row["task"], []).append(row)
@@ -224,9 +237,11 @@ def evaluate_with_engine(
             wanted = {example.id for example in examples}
             rows = [row for row in done_by_task.get(task, ()) if row["problem_id"] in wanted]
             finished = {row["problem_id"] for row in rows}
+            verifier_names = {example.verifier for example in examples}
+            math_only = verifier_names == {"math"}
             for start, batch in _pending_batches(examples, finished, problems_per_batch):
                 new_rows = _sample_batch(
-                    engine, tokenizer, rewarder, task, batch,
+                    engine, tokenizer, rewarder, strict if math_only else None, task, batch,
                     n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, template=template,
                     seed=seed + start * n,
                 )  # fmt: skip
@@ -236,10 +251,11 @@ def evaluate_with_engine(
                 if progress is not None:
                     done = len({row["problem_id"] for row in rows})
                     progress(f"{task}: {done}/{len(examples)} problems sampled and verified")
-            verifier_names = {example.verifier for example in examples}
-            math_only = verifier_names == {"math"}
             equivalent = answer_equivalence(rewarder.verifier("math")) if math_only else None
             results[task] = score_task(rows, n, ks, equivalent, majority_vote=math_only, seed=seed)
+            if math_only:
+                results[task]["extraction"] = VERIFIER_OPTIONS["extraction"]
+                results[task]["strict"] = score_task(rows, n, ks, equivalent, seed=seed, suffix="_strict")
         return results
 
 
@@ -274,6 +290,7 @@ def _sample_batch(
     engine: Any,
     tokenizer: Any,
     rewarder: Any,
+    strict: Any,
     task: str,
     examples: Sequence[Any],
     *,
@@ -290,12 +307,19 @@ def _sample_batch(
         engine, encode_prompts(examples, tokenizer, template), list(examples), rewarder,
         n=n, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
     )
-    return sample_rows(task, examples, groups, verdicts)
+    strict_verdicts = None
+    if strict is not None:
+        strict_verdicts = [strict.verify_batch([c.text for c in group], [example.reference] * len(group))
+                           for example, group in zip(examples, groups, strict=True)]  # fmt: skip
+    return sample_rows(task, examples, groups, verdicts, strict_verdicts)
 
 
-def sample_rows(task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], verdicts: Sequence[Sequence[Any]]) -> list[SampleRow]:
-    """One sample row per completion, from each example's group and its verdicts."""
-    return [
+def sample_rows(task: str, examples: Sequence[Any], groups: Sequence[Sequence[Any]], verdicts: Sequence[Sequence[Any]],
+                strict_verdicts: Sequence[Sequence[Any]] | None = None) -> list[SampleRow]:
+    """One sample row per completion, from each example's group and its verdicts; with ``strict_verdicts``
+    (math tasks, the same completions checked with strict extraction) also ``correct_strict``,
+    ``extracted_strict`` and ``reason_strict``."""
+    rows = [
         {
             "task": task,
             "problem_id": example.id,
@@ -310,6 +334,12 @@ def sample_rows(task: str, examples: Sequence[Any], groups: Sequence[Sequence[An
         for example, group, group_verdicts in zip(examples, groups, verdicts, strict=True)
         for index, (completion, verdict) in enumerate(zip(group, group_verdicts, strict=True))
     ]
+    if strict_verdicts is not None:
+        flat = [verdict for group_verdicts in strict_verdicts for verdict in group_verdicts]
+        for row, verdict in zip(rows, flat, strict=True):
+            row.update(correct_strict=bool(verdict.correct), extracted_strict=verdict.extracted,
+                       reason_strict=verdict.reason)
+    return rows
 
 
 def logging_metrics(results: Mapping[str, Mapping[str, Any]], prefix: str = "eval") -> dict[str, float]:
@@ -345,16 +375,16 @@ def evaluate(
     engine_options: Mapping[str, Any] | None = None,
     problems_per_batch: int = DEFAULT_PROBLEMS_PER_BATCH,
     progress: Progress | None = None,
-    task_options: Mapping[str, Any] | None = None,
+    task_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model at ``model_path`` on ``task_names``; write and return the results.
 
     ``data_path`` is a local data file for a single task, or a mapping ``{task: file}``; other tasks read
     their default source. ``split`` defaults to each task's ``test`` split when it has one. ``engine`` is
     ``vllm`` or ``hf`` (default: ``vllm`` when it is installed); ``engine_options`` go to the engine
-    (``dtype``, ``gpu_memory_utilization``, ...); ``task_options`` go to every task's loader (column names,
-    generator knobs). Problems already in ``output_dir/samples.jsonl`` (from an
-    interrupted run with the same settings) are not sampled again. Writes ``results.json`` (settings, and
+    (``dtype``, ``gpu_memory_utilization``, ...); ``task_options`` maps a task name to the options of its
+    loader (column names of your file, generator knobs), as training's ``data.options``. Problems already
+    in ``output_dir/samples.jsonl`` (from an interrupted run with the same settings) are not sampled again. Writes ``results.json`` (settings, and
     per task the :func:`score_task` metrics) and, when matplotlib is installed, ``pass_at_k.png``.
     """
     from transformers import AutoTokenizer
@@ -366,8 +396,12 @@ def evaluate(
     if not task_names:
         raise EvaluationError("give at least one task, e.g. --tasks aime24,math500 (`rlvr tasks list` shows all)")
     paths = _data_paths(task_names, data_path)
+    task_options = {task: dict(options) for task, options in (task_options or {}).items()}
+    unknown = sorted(set(task_options) - set(task_names))
+    if unknown:
+        raise EvaluationError(f"options given for task {', '.join(unknown)}, which is not in --tasks {','.join(task_names)}")
     examples_by_task = {
-        task: load_task(task, split, paths.get(task), limit, **(task_options or {})) for task in task_names
+        task: load_task(task, split, paths.get(task), limit, **task_options.get(task, {})) for task in task_names
     }
     engine_name = engine or ("vllm" if importlib.util.find_spec("vllm") is not None else "hf")
     settings = {
@@ -383,7 +417,7 @@ def evaluate(
         "max_tokens": max_tokens,
         "template": template,
         "seed": seed,
-        "task_options": dict(task_options or {}),
+        "task_options": task_options,
         "engine": engine_name,
         "problems_per_batch": problems_per_batch,
         "verifier": VERIFIER_OPTIONS,
@@ -583,7 +617,8 @@ def metric_names(task_result: Mapping[str, Any]) -> list[str]:
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
-    """A table of every task's metrics with their 95% intervals, in percent."""
+    """A table of every task's metrics with their 95% intervals, in percent; math tasks show the lenient and
+    the strict score side by side."""
     settings = results["settings"]
     lines = [
         f"model {settings['model']}  n={settings['n']}  temperature={settings['temperature']}  "
@@ -596,33 +631,49 @@ def format_summary(results: Mapping[str, Any]) -> str:
             f"{task}: {metrics['num_problems']} problems x {metrics['n']} samples, mean length "
             f"{metrics['mean_response_length']:.0f} tokens, {100 * metrics['truncation_rate']:.1f}% truncated"
         )
-        lines.append(f"  {'metric':<10}{'value %':>9}   95% CI %")
+        scored = [(metrics.get("extraction", "value"), metrics)]
+        if "strict" in metrics:
+            scored.append(("strict", metrics["strict"]))
+        lines.append(f"  {'metric':<10}" + "".join(f"{label + ' %':>10}   {'95% CI %':<16}" for label, _ in scored))
         for name in metric_names(metrics):
-            low, high = metrics["ci95"][name]
-            lines.append(f"  {name:<10}{100 * metrics[name]:>9.1f}   [{100 * low:.1f}, {100 * high:.1f}]")
+            cells = []
+            for _, source in scored:
+                low, high = source["ci95"][name]
+                cells.append(f"{100 * source[name]:>10.1f}   {f'[{100 * low:.1f}, {100 * high:.1f}]':<16}")
+            lines.append(f"  {name:<10}" + "".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def compare(results_a: Mapping[str, Any], results_b: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
     """Per task and metric present in both: A, B, the difference B - A over the problems both evaluated, and
-    its 95% paired bootstrap interval (resampling problems); ``significant`` when the interval excludes 0."""
+    its 95% paired bootstrap interval (resampling problems); ``significant`` when the interval excludes 0.
+    Math tasks scored both ways give rows for the strict score too (``extraction`` says which)."""
     rows = []
     for task in [task for task in results_a["tasks"] if task in results_b["tasks"]]:
         first, second = results_a["tasks"][task], results_b["tasks"][task]
-        values_a = _per_problem_by_id(first)
-        values_b = _per_problem_by_id(second)
-        common = [problem for problem in first["per_problem"]["ids"] if problem in set(second["per_problem"]["ids"])]
-        if not common:
-            raise EvaluationError(f"the two evaluations of {task!r} share no problem ids; nothing to compare")
-        for name in [name for name in metric_names(first) if name in second["ci95"]]:
-            a = [values_a[name][problem] for problem in common]
-            b = [values_b[name][problem] for problem in common]
-            differences = [y - x for x, y in zip(a, b, strict=True)]
-            low, high = bootstrap_ci(differences, confidence=CONFIDENCE, seed=seed)
-            rows.append({
-                "task": task, "metric": name, "problems": len(common), "a": _mean(a), "b": _mean(b),
-                "difference": _mean(differences), "ci95": [low, high], "significant": low > 0 or high < 0,
-            })  # fmt: skip
+        rows += _compare_scores(task, first, second, first.get("extraction", ""), seed)
+        if "strict" in first and "strict" in second:
+            rows += _compare_scores(task, first["strict"], second["strict"], "strict", seed)
+    return rows
+
+
+def _compare_scores(task: str, first: Mapping[str, Any], second: Mapping[str, Any], extraction: str,
+                    seed: int) -> list[dict[str, Any]]:
+    rows = []
+    values_a = _per_problem_by_id(first)
+    values_b = _per_problem_by_id(second)
+    common = [problem for problem in first["per_problem"]["ids"] if problem in set(second["per_problem"]["ids"])]
+    if not common:
+        raise EvaluationError(f"the two evaluations of {task!r} share no problem ids; nothing to compare")
+    for name in [name for name in metric_names(first) if name in second["ci95"]]:
+        a = [values_a[name][problem] for problem in common]
+        b = [values_b[name][problem] for problem in common]
+        differences = [y - x for x, y in zip(a, b, strict=True)]
+        low, high = bootstrap_ci(differences, confidence=CONFIDENCE, seed=seed)
+        rows.append({
+            "task": task, "metric": name, "extraction": extraction, "problems": len(common), "a": _mean(a), "b": _mean(b),
+            "difference": _mean(differences), "ci95": [low, high], "significant": low > 0 or high < 0,
+        })  # fmt: skip
     return rows
 
 
@@ -639,13 +690,14 @@ def format_comparison(rows: Sequence[Mapping[str, Any]], label_a: str, label_b: 
     """The :func:`compare` rows as a table, in percent."""
     lines = [f"A = {label_a}", f"B = {label_b}", ""]
     lines.append(
-        f"{'task':<14}{'metric':<10}{'problems':>9}{'A %':>8}{'B %':>8}{'B-A %':>8}   95% CI of B-A %   excludes 0"
+        f"{'task':<14}{'metric':<10}{'scored':<9}{'problems':>9}{'A %':>8}{'B %':>8}{'B-A %':>8}   95% CI of B-A %   excludes 0"
     )
     for row in rows:
         low, high = row["ci95"]
         interval = f"[{100 * low:+.1f}, {100 * high:+.1f}]"
         lines.append(
-            f"{row['task']:<14}{row['metric']:<10}{row['problems']:>9}{100 * row['a']:>8.1f}{100 * row['b']:>8.1f}"
+            f"{row['task']:<14}{row['metric']:<10}{row.get('extraction') or '-':<9}{row['problems']:>9}"
+            f"{100 * row['a']:>8.1f}{100 * row['b']:>8.1f}"
             f"{100 * row['difference']:>+8.1f}   {interval:<17} {'yes' if row['significant'] else 'no'}"
         )
     return "\n".join(lines)

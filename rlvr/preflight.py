@@ -93,6 +93,11 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
                 sandboxes.get(cfg.verifier.sandbox)
             except Exception as error:
                 problems.append(f"verifier.sandbox: the code task needs a sandbox, and {cfg.verifier.sandbox!r} is not usable: {error}")
+    for name, own in cfg.verifier.options.items():
+        try:
+            verifiers.check_options(name, own)
+        except (ValueError, LookupError) as error:
+            problems.append(f"verifier.options: {error}")
     return problems
 
 

@@ -95,10 +95,18 @@ class OptimConfig:
 
 @dataclass
 class VerifierConfig:
-    time_limit: float = option(2.0, "Seconds allowed per verification before it scores 0 as a timeout.")
-    require_boxed: bool = option(False, "Math: only a \\boxed{} answer counts (no 'The answer is' fallback): a format requirement.")
-    workers: int | None = option(None, "Verifier processes (null: one per CPU core).")
-    sandbox: str = option("auto", "Sandbox back-end for code tasks: auto, bwrap, docker or subprocess.")
+    name: str = option("task", "Verifier that scores every example: task (each task's own: math, code) or a registered name, e.g. random (the random-reward control).",
+                       choices=Registered("verifiers:available", extra=("task",)))
+    time_limit: float = option(2.0, "Math verifier: seconds one answer check may take before it scores 0 as a timeout.")
+    require_boxed: bool = option(False, "Math verifier: only a \\boxed{} answer counts (no 'The answer is' fallback): a format requirement.")
+    extraction: str = option("lenient", "Math verifier: strict (a \\boxed{} answer or a final-answer statement) or lenient (else also the last math expression of the final region).",
+                             choices=("strict", "lenient"))
+    code_time_limit: float = option(10.0, "Code verifier: seconds the tests of one program may run.")
+    code_memory_mb: int = option(512, "Code verifier: memory limit of one program, in MB.")
+    sandbox: str = option("auto", "Code verifier: sandbox back-end, auto, bwrap, docker or subprocess.",
+                          choices=Registered("sandboxes:available", extra=("auto",)))
+    workers: int | None = option(None, "Verifier processes, for every verifier (null: one per CPU core).")
+    options: dict[str, dict[str, Any]] = option({}, "Any other constructor option, per verifier name, e.g. {random: {p: 0.3, seed: 0}, math: {rel_tol: 1.0e-6}}.")
 
 
 @dataclass

@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size, **cfg.rollout.engine_options,
     )
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
-    rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers)
+    rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers, cfg.verifier.options)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
                            cfg.logging.wandb_project, config.to_dict(cfg))
     last_saved = None
@@ -101,6 +101,8 @@ def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
                           **cfg.data.options)
     prompts, dropped = [], 0
     for example in examples:
+        if cfg.verifier.name != "task":  # e.g. the random-reward control scores every example
+            example = dataclasses.replace(example, verifier=cfg.verifier.name)
         ids = tasks.encode_prompt(example, tokenizer, cfg.data.template)
         if len(ids) > cfg.data.max_prompt_tokens:
             dropped += 1
@@ -173,8 +175,12 @@ def build_optimizer(policy, cfg: TrainConfig):
 
 
 def verifier_options(cfg: TrainConfig) -> dict[str, object]:
-    """Settings every verifier may take; each verifier gets those its constructor accepts."""
-    return {"time_limit": cfg.verifier.time_limit, "require_boxed": cfg.verifier.require_boxed, "sandbox": cfg.verifier.sandbox}
+    """The ``verifier`` section's named settings under each verifier's own argument names (math: time_limit,
+    require_boxed, extraction; code: timeout, memory_mb, sandbox); each verifier gets those its constructor
+    accepts, and ``verifier.options`` the rest."""
+    v = cfg.verifier
+    return {"time_limit": v.time_limit, "require_boxed": v.require_boxed, "extraction": v.extraction,
+            "timeout": v.code_time_limit, "memory_mb": v.code_memory_mb, "sandbox": v.sandbox}
 
 
 def max_model_len(cfg: TrainConfig) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import tasks
+import verifiers as verifier_module
 from rlvr import evaluation
 from rlvr.cli import main
 from rlvr.rollout import Completion
@@ -127,6 +128,36 @@ def test_hand_written_completions_are_verified_and_scored(shared_data, rewarder)
     assert evaluation.score_task(rows, 6, [6])["maj@6"] == pytest.approx(0.5)
 
 
+def test_strict_and_lenient_scores_come_from_the_same_samples(shared_data, rewarder):
+    (example,) = tasks.load("gsm8k", path=shared_data / "gsm8k_test.jsonl", limit=1)
+    assert example.reference == "18"
+    # lenient reads all four answers; strict only the box and the final-answer statement
+    texts = ["so \\boxed{18}", "The answer is 18", "18", "Adding up: 9 + 9 = 18"]
+    group = [_completion(text, 3) for text in texts]
+    strict = verifier_module.get("math", **evaluation.STRICT_VERIFIER_OPTIONS)
+    try:
+        rows = evaluation.sample_rows("gsm8k", [example], [group], [rewarder.score(texts, [example] * 4)],
+                                      [strict.verify_batch(texts, ["18"] * 4)])
+    finally:
+        strict.close()
+    assert [row["correct"] for row in rows] == [True, True, True, True]
+    assert [row["correct_strict"] for row in rows] == [True, True, False, False]
+    assert [row["reason_strict"] for row in rows] == ["correct", "correct", "no answer", "no answer"]
+    lenient = evaluation.score_task(rows, 4, [1, 4])
+    strict_result = evaluation.score_task(rows, 4, [1, 4], suffix="_strict")
+    assert (lenient["pass@1"], strict_result["pass@1"]) == (1.0, 0.5)
+    # pass@4 strict: 1 - C(2,4)/C(4,4) = 1; maj@4 strict: "18" has the two votes
+    assert strict_result["pass@4"] == 1.0 and strict_result["maj@4"] == 1.0
+    assert strict_result["verdicts"] == {"correct": 2, "no answer": 2}
+    summary = evaluation.format_summary({"settings": {"model": "m", "n": 4, "temperature": 1, "top_p": 1,
+                                                      "max_tokens": 3, "template": "chat", "seed": 0, "engine": "hf"},
+                                         "tasks": {"gsm8k": {**lenient, "extraction": "lenient",
+                                                             "strict": strict_result}}})  # fmt: skip
+    assert "lenient %" in summary and "strict %" in summary
+    pass_line = next(line.split() for line in summary.splitlines() if line.split()[:1] == ["pass@1"])
+    assert pass_line == ["pass@1", "100.0", "[100.0,", "100.0]", "50.0", "[50.0,", "50.0]"]
+
+
 def test_scoring_refuses_problems_with_missing_samples():
     rows = [{"task": "t", "problem_id": "p", "sample": 0, "correct": True, "extracted": "1", "reason": "correct",
              "length": 1, "finish_reason": "stop"}]  # fmt: skip
@@ -184,7 +215,7 @@ def test_evaluate_writes_samples_results_and_plot(evaluated: Path, tiny_model_di
     }  # fmt: skip
     for row in rows:
         assert set(row) == {"task", "problem_id", "sample", "completion", "extracted", "correct", "reason",
-                            "length", "finish_reason"}  # fmt: skip
+                            "length", "finish_reason", "correct_strict", "extracted_strict", "reason_strict"}  # fmt: skip
         assert row["sample"] in range(N) and 1 <= row["length"] <= MAX_TOKENS
         assert row["finish_reason"] in ("stop", "length")
         assert (row["finish_reason"] == "length") == (row["length"] == MAX_TOKENS)
@@ -193,7 +224,7 @@ def test_evaluate_writes_samples_results_and_plot(evaluated: Path, tiny_model_di
     assert results["complete"] is True
     settings = results["settings"]
     assert settings["model"] == str(tiny_model_dir.resolve())
-    assert settings["verifier"] == {"on_multiple": "last"}
+    assert settings["verifier"] == {"on_multiple": "last", "extraction": "lenient"}
     assert (settings["n"], settings["ks"], settings["temperature"], settings["seed"]) == (N, [1, 2], 1.0, 3)
     assert set(settings["versions"]) == {"rlvr", "torch", "transformers", "vllm", "math-verify"}
     assert settings["versions"]["torch"] is not None
@@ -201,7 +232,9 @@ def test_evaluate_writes_samples_results_and_plot(evaluated: Path, tiny_model_di
         metrics = results["tasks"][task]
         task_rows = [row for row in rows if row["task"] == task]
         assert metrics["num_problems"] == LIMIT and metrics["n"] == N
-        assert set(metrics["ci95"]) == {"pass@1", "pass@2", "avg@2", "maj@1", "maj@2"}
+        assert metrics["extraction"] == "lenient"
+        assert set(metrics["ci95"]) == set(metrics["strict"]["ci95"]) == {"pass@1", "pass@2", "avg@2", "maj@1", "maj@2"}
+        assert metrics["strict"]["avg@2"] == sum(row["correct_strict"] for row in task_rows) / len(task_rows)
         for name, (low, high) in metrics["ci95"].items():
             assert 0.0 <= low <= metrics[name] <= high <= 1.0
         assert metrics["avg@2"] == sum(row["correct"] for row in task_rows) / len(task_rows)
@@ -284,6 +317,19 @@ def test_cli_evaluates_and_prints_a_summary(tiny_model_dir: Path, shared_data: P
     assert json.loads((tmp_path / "results.json").read_text())["tasks"]["aime24"]["n"] == 2
 
 
+def test_cli_passes_task_options_to_every_task_or_to_one(tiny_model_dir: Path, tmp_path: Path, capsys):
+    code = main([
+        "eval", "--model", str(tiny_model_dir), "--tasks", "arithmetic,linear", "--option", "digits=1",
+        "--option", "arithmetic.steps=1", "--option", "arithmetic.ops=+", "--limit", "1", "--n", "1",
+        "--max-tokens", "4", "--engine", "hf", "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert settings["task_options"] == {"arithmetic": {"digits": 1, "steps": 1, "ops": "+"}, "linear": {"digits": 1}}
+    assert {json.loads(line)["task"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()} == {
+        "arithmetic", "linear"}  # a misspelt knob reaching the generator is refused: see test_cli_user_errors
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -291,6 +337,9 @@ def test_cli_evaluates_and_prints_a_summary(tiny_model_dir: Path, shared_data: P
         (["--tasks", "aime2024"], "unknown task 'aime2024'. Did you mean 'aime24'?"),
         (["--tasks", "aime24", "--n", "4", "--k", "1,8"], "k=8 is not within 1..n=4"),
         (["--tasks", "aime24,gsm8k", "--data-path", "x.jsonl"], "give one per task as --data-path TASK=FILE"),
+        (["--tasks", "arithmetic", "--option", "linear.digits=1"], "names task 'linear', which is not in --tasks"),
+        (["--tasks", "arithmetic", "--option", "steps"], "--option must be KEY=VALUE or TASK.KEY=VALUE"),
+        (["--tasks", "arithmetic", "--option", "step=1"], "task 'arithmetic' has no option 'step'"),
     ],
 )
 def test_cli_user_errors(arguments, message, tiny_model_dir: Path, tmp_path: Path, capsys):
@@ -311,10 +360,12 @@ def test_cli_compare_prints_differences(evaluated: Path, tmp_path: Path, capsys)
     assert main(["eval", "--compare", *directories]) == 0
     lines = capsys.readouterr().out.splitlines()
     avg_gsm8k = next(line.split() for line in lines if line.startswith("gsm8k") and "avg@2" in line)
-    assert avg_gsm8k == ["gsm8k", "avg@2", "2", "0.0", "100.0", "+100.0", "[+100.0,", "+100.0]", "yes"]
+    assert avg_gsm8k == ["gsm8k", "avg@2", "lenient", "2", "0.0", "100.0", "+100.0", "[+100.0,", "+100.0]", "yes"]
+    strict_gsm8k = next(line.split() for line in lines if line.split()[:3] == ["gsm8k", "avg@2", "strict"])
+    assert strict_gsm8k[6:] == ["+0.0", "[+0.0,", "+0.0]", "no"]  # only the lenient score was changed
     pass_aime = next(line.split() for line in lines if line.startswith("aime24") and "pass@1" in line)
-    assert pass_aime[:3] == ["aime24", "pass@1", "2"]
-    assert pass_aime[5:] == ["+0.0", "[+0.0,", "+0.0]", "no"]  # the same samples on both sides
+    assert pass_aime[:4] == ["aime24", "pass@1", "lenient", "2"]
+    assert pass_aime[6:] == ["+0.0", "[+0.0,", "+0.0]", "no"]  # the same samples on both sides
     assert main(["eval", "--compare", directories[0], str(tmp_path / "missing")]) == 2
     assert "missing/results.json' does not exist" in capsys.readouterr().err
 

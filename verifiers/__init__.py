@@ -19,6 +19,7 @@ Add one with a new module in this package (or an entry point in the group ``rlvr
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from rlvr.registry import Registry
@@ -33,12 +34,26 @@ def get(name: str, **options: Any) -> Verifier:
     return _registry.get(name)(**options)
 
 
-def get_accepting(name: str, **options: Any) -> Verifier:
-    """Like :func:`get`, passing only the options the verifier's constructor accepts: callers with
-    settings for several kinds of verifier (time limit, sandbox, ...) give them all at once."""
+def get_accepting(name: str, own: Mapping[str, Any] | None = None, /, **shared: Any) -> Verifier:
+    """Like :func:`get`, passing only the ``shared`` options the verifier's constructor accepts: callers with
+    settings for several kinds of verifier (time limit, sandbox, ...) give them all at once. ``own`` are
+    options meant for this verifier alone: each must be one it accepts (see :func:`check_options`)."""
     cls = _registry.get(name)
+    check_options(name, own or {})
     accepted = inspect.signature(cls).parameters
-    return cls(**{key: value for key, value in options.items() if key in accepted})
+    return cls(**{key: value for key, value in shared.items() if key in accepted}, **(own or {}))
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the valid options when the verifier ``name`` does not take one of ``options``."""
+    parameters = inspect.signature(_registry.get(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"verifier {name!r} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(parameters)}"
+        )
 
 
 def available() -> list[str]:
@@ -46,4 +61,4 @@ def available() -> list[str]:
     return _registry.available()
 
 
-__all__ = ["BatchStats", "Verdict", "Verifier", "available", "get", "get_accepting", "register"]
+__all__ = ["BatchStats", "Verdict", "Verifier", "available", "check_options", "get", "get_accepting", "register"]

@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", help="Data split (default: the task's test split when it has one).")
     parser.add_argument("--limit", type=int, help="Evaluate only the first N problems of each task.")
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="[TASK.]KEY=VALUE",
+        help="Task option (generator knob, column name of your file), as training's data.options; the value is "
+        "read as YAML; TASK. gives it to one task only (arithmetic.steps=1), else every task gets it. Repeatable.",
+    )
     parser.add_argument("--n", type=int, default=1, help="Samples per problem (default: 1).")
     parser.add_argument("--k", help="Comma-separated k for pass@k and maj@k (default: powers of 2 up to n, and n).")
     parser.add_argument("--temperature", type=float, default=0.6, help="Sampling temperature (default: 0.6).")
@@ -93,6 +100,7 @@ def _evaluate(evaluation, args: argparse.Namespace) -> int:
         engine_options=engine_options,
         problems_per_batch=args.problems_per_batch,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
+        task_options=_parse_task_options(args.option, task_names),
     )
     print(evaluation.format_summary(results))
     print(f"\nwrote {args.output}/{evaluation.RESULTS_FILE} and {args.output}/{evaluation.SAMPLES_FILE}")
@@ -126,6 +134,27 @@ def _parse_data_paths(values: list[str] | None) -> str | dict[str, str] | None:
             raise CLIError(f"with several --data-path give each as TASK=FILE, not {value!r}")
         paths[task] = path
     return paths
+
+
+def _parse_task_options(values: list[str] | None, task_names: list[str]) -> dict[str, dict[str, object]]:
+    """``["steps=1", "gsm8k.problem_column=q"]`` -> every task's options, by task name."""
+    from rlvr.config import ConfigError, parse_override
+
+    options: dict[str, dict[str, object]] = {task: {} for task in task_names}
+    for value in values or ():
+        try:
+            key, parsed = parse_override(value)
+        except ConfigError:
+            raise CLIError(f"--option must be KEY=VALUE or TASK.KEY=VALUE, not {value!r}") from None
+        task, dot, name = key.partition(".")
+        if not dot:
+            for task_options in options.values():
+                task_options[key] = parsed
+        elif task in options and name:
+            options[task][name] = parsed
+        else:
+            raise CLIError(f"--option {value!r} names task {task!r}, which is not in --tasks {','.join(task_names)}")
+    return {task: task_options for task, task_options in options.items() if task_options}
 
 
 def _default_memory_fraction() -> float:
