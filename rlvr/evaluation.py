@@ -32,7 +32,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -376,6 +375,7 @@ def evaluate(
     problems_per_batch: int = DEFAULT_PROBLEMS_PER_BATCH,
     progress: Progress | None = None,
     task_options: Mapping[str, Mapping[str, Any]] | None = None,
+    model_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model at ``model_path`` on ``task_names``; write and return the results.
 
@@ -391,7 +391,7 @@ def evaluate(
 
     import rlvr.rollout
 
-    model_path = _resolve_model(str(model_path))
+    model_path = _resolve_model(str(model_path), model_cache_dir)
     ks = check_ks(ks if ks is not None else default_ks(n), n)
     if not task_names:
         raise EvaluationError("give at least one task, e.g. --tasks aime24,math500 (`rlvr tasks list` shows all)")
@@ -474,25 +474,28 @@ def evaluate(
     return results
 
 
-def _resolve_model(model: str) -> Path:
-    """A local model directory, or the local snapshot of a hub id like ``org/name`` (fetched when missing)."""
-    path = Path(model)
+def _resolve_model(model: str, cache_dir: str | Path | None = None) -> Path:
+    """A local model directory, a named model's cached directory (converted on first use), or the local
+    snapshot of a hub id like ``org/name`` (fetched when missing)."""
+    from rlvr.models import ModelFetchError, ModelNotFoundError, resolve_model_path
+    from rlvr.models.gguf_import import GGUFImportError
+
+    try:
+        path = Path(resolve_model_path(model, cache_dir))
+    except (ModelNotFoundError, ModelFetchError, GGUFImportError) as error:
+        raise EvaluationError(str(error)) from None
     if path.exists():
         return path
-    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model):
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        try:
-            return Path(snapshot_download(model))
-        except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated: the same advice
-            raise EvaluationError(
-                f"model {model!r} is neither a local directory nor a Hugging Face hub model that could be fetched "
-                f"({type(error).__name__}); pass the directory of a downloaded model or an `rlvr train` checkpoint"
-            ) from None
-    raise EvaluationError(
-        f"model path {model!r} does not exist; pass a local Hugging Face model directory "
-        "(config.json, weights and tokenizer), e.g. a checkpoint folder written by `rlvr train`, or a hub id"
-    )
+    try:
+        return Path(snapshot_download(model))
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated: the same advice
+        raise EvaluationError(
+            f"model {model!r} is neither a local directory, a named model (`rlvr model list`) nor a Hugging Face "
+            f"hub model that could be fetched ({type(error).__name__}); pass the directory of a downloaded model "
+            "or an `rlvr train` checkpoint"
+        ) from None
 
 
 def _data_paths(task_names: Sequence[str], data_path: Any) -> dict[str, str | Path]:

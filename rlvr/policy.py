@@ -15,13 +15,10 @@ import torch
 from torch import nn
 
 from rlvr.algorithms import entropy_from_logits
+from rlvr.models import ModelNotFoundError, looks_like_hub_id
 from rlvr.rollout.base import resolve_dtype
 
 LOGIT_CHUNK_ROWS = 1024  # rows of hidden states projected to the vocabulary at a time
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The model path is neither a local model directory nor a cached hub id."""
 
 
 def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = False, cpu_threads: int = 0):
@@ -55,7 +52,7 @@ def check_model_path(path: str) -> None:
         if not (local / "config.json").is_file():
             raise ModelNotFoundError(f"{path!r} exists but has no config.json: point model.path at a model directory")
         return
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if not looks_like_hub_id(path):
         raise ModelNotFoundError(f"model path {path!r} does not exist; check the path or give a hub id like Qwen/Qwen2.5-Math-1.5B")
     from huggingface_hub import try_to_load_from_cache
 

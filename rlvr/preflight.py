@@ -56,16 +56,19 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
     """Problems with what the config points at: the model, the engine, the task, its verifiers."""
     import tasks
     import verifiers
+    from rlvr.models import ModelFetchError, resolve_model_path
+    from rlvr.models.gguf_import import GGUFImportError
     from rlvr.policy import ModelNotFoundError, check_model_path
 
     problems = []
     tokenizer = None
     try:
-        check_model_path(cfg.model.path)
+        model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+        check_model_path(model_path)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    except ModelNotFoundError as error:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (ModelNotFoundError, ModelFetchError, GGUFImportError) as error:
         problems.append(f"model.path: {error}")
     if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append(

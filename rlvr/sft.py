@@ -248,13 +248,15 @@ def train(cfg: SFTConfig, log: TextIO | None = None, on_step: Callable[[dict[str
     import torch
 
     from rlvr import config
+    from rlvr.models import resolve_model_path
     from rlvr.policy import load_policy
 
     log = log if log is not None else sys.stderr
     check_config(cfg)
     started = time.monotonic()
     torch.manual_seed(cfg.optim.seed)
-    model, tokenizer = load_policy(cfg.model.path, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
+    model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    model, tokenizer = load_policy(model_path, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
     examples, dropped = tokenize_examples(load_examples(cfg.data), tokenizer, cfg.data.template, cfg.data.max_tokens)
     if not examples:
         raise ConfigError(

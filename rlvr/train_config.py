@@ -17,7 +17,8 @@ ENGINES = Registered("rlvr.rollout:available")
 
 @dataclass
 class ModelConfig:
-    path: str = option("", "Hugging Face model directory or hub id of the policy to train.")
+    path: str = option("", "Hugging Face model directory, hub id, or named model (`rlvr model list`) of the policy to train.")
+    cache_dir: str = option("~/.cache/rlvr/models", "Where named models are converted and cached on first use.")
     dtype: str = option("auto", "Training dtype: auto (bf16 on GPU, fp32 on CPU), float32 or bfloat16.",
                         choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
@@ -120,6 +121,8 @@ class CheckpointConfig:
 class LoggingConfig:
     tensorboard: bool = option(False, "Also write TensorBoard events (needs the `track` extra).")
     wandb_project: str | None = option(None, "Also log to this Weights & Biases project (needs the `track` extra).")
+    wandb_mode: str = option("online", "Weights & Biases mode: online, offline (files in the run directory, `wandb sync` later) or disabled.",
+                             choices=("online", "offline", "disabled"))
 
 
 @dataclass
@@ -135,6 +138,17 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    timeout: float = option(1800.0, "Data-parallel runs (torchrun): seconds a rank waits in a collective for the others before the job fails (a dead or stuck rank).")
+
+
+@dataclass
+class FaultConfig:
+    max_nonfinite_steps: int = option(3, "Stop the run after this many steps in a row whose update was skipped for a NaN/inf loss or gradient.")
+    max_verifier_failure_share: float = option(0.5, "Stop the run when more than this share of a step's verifications error or time out (1: never).")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = option(ModelConfig(), "The policy model.")
     data: DataConfig = option(DataConfig(), "Training prompts.")
@@ -145,3 +159,5 @@ class TrainConfig:
     checkpoint: CheckpointConfig = option(CheckpointConfig(), "Checkpoints and run directory.")
     logging: LoggingConfig = option(LoggingConfig(), "Metric sinks beyond metrics.jsonl.")
     eval: EvalConfig = option(EvalConfig(), "Periodic evaluation during training.")
+    faults: FaultConfig = option(FaultConfig(), "What a run does about NaNs and failing verifiers (stop signals: a checkpoint, then exit).")
+    distributed: DistributedConfig = option(DistributedConfig(), "Data-parallel training across processes (see docs/distributed.md).")

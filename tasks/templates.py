@@ -41,10 +41,17 @@ def render_prompt(example: Example, tokenizer: Any = None, template: str = "auto
 
 
 def encode_prompt(example: Example, tokenizer: Any, template: str = "auto") -> list[int]:
-    """The prompt's token ids: rendered, then tokenized without added special tokens (the template
-    already holds any it needs). Training, SFT and evaluation all encode prompts through here, so
-    what the model is trained on and evaluated on cannot drift apart."""
-    return tokenizer(render_prompt(example, tokenizer, template), add_special_tokens=False)["input_ids"]
+    """The prompt's token ids: rendered, then tokenized without added special tokens (a chat template
+    already holds any it needs), with the BOS token put first, once, when the tokenizer wants one and the
+    template did not write it (Gemma writes garbage without it). Training, SFT and evaluation all encode
+    prompts through here, so what the model is trained on and evaluated on cannot drift apart."""
+    ids = tokenizer(render_prompt(example, tokenizer, template), add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    # Asked of the tokenizer's behaviour, not its add_bos_token attribute: transformers 5 keeps that flag only
+    # in the post-processor of tokenizer.json and reports False after a reload.
+    if bos is not None and ids[:1] != [bos] and tokenizer("")["input_ids"][:1] == [bos]:
+        ids = [bos, *ids]
+    return ids
 
 
 def available_templates() -> list[str]:

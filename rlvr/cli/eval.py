@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           --top-p 0.95 --max-tokens 32768 --output runs/eval-aime
       rlvr eval --compare runs/eval-base runs/eval-trained"""
     parser.add_argument(
-        "--model", help="Local Hugging Face model directory (e.g. a checkpoint of `rlvr train`) or hub id."
+        "--model", help="Local Hugging Face model directory (e.g. a checkpoint of `rlvr train`), hub id, or named "
+        "model (`rlvr model list`)."
     )
+    parser.add_argument("--model-cache-dir", help="Where named models are cached (default: ~/.cache/rlvr/models).")
     parser.add_argument("--tasks", help="Comma-separated task names, e.g. aime24,math500 (see `rlvr tasks list`).")
     parser.add_argument(
         "--data-path",
@@ -101,6 +103,7 @@ def _evaluate(evaluation, args: argparse.Namespace) -> int:
         problems_per_batch=args.problems_per_batch,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         task_options=_parse_task_options(args.option, task_names),
+        model_cache_dir=args.model_cache_dir,
     )
     print(evaluation.format_summary(results))
     print(f"\nwrote {args.output}/{evaluation.RESULTS_FILE} and {args.output}/{evaluation.SAMPLES_FILE}")

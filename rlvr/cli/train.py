@@ -32,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from transformers import AutoTokenizer
 
+        from rlvr.models import resolve_model_path
         from rlvr.trainer import build_prompts, describe_plan
 
-        tokenizer = AutoTokenizer.from_pretrained(train_config.model.path)  # the weights are not needed
+        # The weights are not needed; a named model was fetched by the checks above, this is a lookup.
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(train_config.model.path, train_config.model.cache_dir))
         print(describe_plan(train_config, len(build_prompts(train_config, tokenizer))))
         print("dry run: config, model, data and verifiers are valid")
         return 0
