@@ -152,7 +152,7 @@ def test_works_in_a_daemon_child_process():
 
 
 def test_batch_counts_timeouts_and_keeps_order(checker):
-    completions = ["\\boxed{1}", "\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{3}", "none", "\\boxed{x+x}"]
+    completions = ["\\boxed{1}", "\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{3}", "I cannot tell.", "\\boxed{x+x}"]
     references = ["1", "1", "4", "1", "2x"]
     verdicts = checker.verify_batch(completions, references, workers=2)
     assert [v.reason for v in verdicts] == ["correct", "timeout", "wrong", "no answer", "correct"]
@@ -215,7 +215,7 @@ def test_cli_single_and_input_output(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["correct"] is True
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
-        "\n".join(json.dumps(r) for r in [{"completion": "\\boxed{2}", "reference": "2"}, {"completion": "x", "reference": "2"}])
+        "\n".join(json.dumps(r) for r in [{"completion": "\\boxed{2}", "reference": "2"}, {"completion": "I cannot tell.", "reference": "2"}])
     )
     out = tmp_path / "verdicts.jsonl"
     assert main(["verify", "math", "--input", str(rows), "--output", str(out)]) == 0

@@ -36,6 +36,15 @@ def final_region(completion: str) -> str | None:
     return None if "<think>" in completion else completion
 
 
+NUMBER_NAMES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety"
+).split()
+NUMBER_WORDS: dict[str, int] = {word: value for value, word in enumerate(NUMBER_NAMES[:21])} | {
+    word: 10 * tens for tens, word in enumerate(NUMBER_NAMES[21:], start=3)
+}
+
+
 # a model that runs on past its turn writes the next turn's marker; what follows is not its answer
 _TURN_END = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_turn|start_header_id)\|>|</s>")
 
@@ -48,10 +57,10 @@ def extract_answers(completion: str, require_boxed: bool = False, mode: Extracti
     if region is None:
         return Extraction([], False, "unclosed <think>")
     if mode == "lenient":
-        region = _TURN_END.split(region, maxsplit=1)[0]
+        region = _before_next_turn(region)
     boxes = boxed_contents(region)
     if mode == "lenient":
-        boxes = [answer for box in boxes if (answer := _inside_box(box)) is not None]
+        boxes = [answer for box in boxes for answer in _inside_box(box)]
     if boxes:
         return Extraction(boxes, True, source="box")
     if not require_boxed:
@@ -59,37 +68,61 @@ def extract_answers(completion: str, require_boxed: bool = False, mode: Extracti
         if statement:
             return Extraction([statement], False, source="statement")
         if mode == "lenient" and not _BOX_COMMAND.search(region):  # an empty or cut-off box is no answer
-            for source, rule in (("math", last_math_expression), ("bare", bare_answer), ("number", last_prose_number)):
-                if answer := rule(region):
-                    return Extraction([answer], False, source=source)
+            if answer := bare_answer(region):
+                return Extraction([answer], False, source="bare")
+            if found := last_expression(region):
+                return Extraction([found[1]], False, source=found[0])
     return Extraction([], False, "no boxed answer" if require_boxed else "no answer")
 
 
-def _inside_box(content: str) -> str | None:
-    """A box that holds a sentence with math (or another box) is read like a completion."""
-    if not _MATH_MARKUP.search(content) and not _BOX_COMMAND.search(content):
-        return content
+def _before_next_turn(region: str) -> str:
+    for marker in _TURN_END.finditer(region):
+        head = region[: marker.start()]
+        if head.count("{") <= head.count("}"):  # not inside a box that holds the whole text
+            return head
+    return region
+
+
+_PROSE = re.compile(r"(?:[A-Za-z]{3,}[\s,.;:]+){4}")
+
+
+def _inside_box(content: str) -> list[str]:
+    """A box that holds a sentence with math (or other boxes) is read like a completion; one
+    that holds math markup but no answer is no answer."""
+    has_markup = bool(_MATH_MARKUP.search(content) or _BOX_COMMAND.search(content))
+    if not has_markup and not _PROSE.search(_TEXT_COMMANDS.sub("", content)):
+        return [content]
+    unwrapped = re.sub(r"(?<!\\)\$", " ", content)  # "12 $ and $13": dollar signs astray in a box
+    if not _BOX_COMMAND.search(content) and bare_answer(unwrapped):
+        return [unwrapped.strip()]
     inner = extract_answers(content, mode="lenient")
-    return inner.answers[-1] if inner.answers else None
+    if inner.answers:
+        return inner.answers
+    return [] if has_markup else [content]
 
 
 _MATH_MARKUP = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 # display math may span lines, inline math may not (a lone "$" is often a currency sign)
 _MATH_SPAN = re.compile(
-    r"\$\$(?P<a>.+?)\$\$|\\\[(?P<b>.+?)\\\]|\\\((?P<c>[^\n]+?)\\\)|(?<![\\$])\$(?P<d>[^$\n]+?)(?<!\\)\$",
+    r"\$\$(?P<a>.+?)\$\$|\\\[(?P<b>.+?)\\\]|\\\((?P<c>[^\n]+?)\\\)|(?<![\\$])\$(?P<d>(?:\\\$|[^$\n])+?)(?<!\\)\$",
     re.DOTALL,
 )
 
 
-def last_math_expression(region: str) -> str | None:
-    """The content of the last ``$...$``, ``$$...$$``, ``\\(...\\)`` or ``\\[...\\]`` span."""
+def last_expression(region: str) -> tuple[str, str] | None:
+    """("math", content) of the last ``$...$``, ``$$...$$``, ``\\(...\\)`` or ``\\[...\\]`` span, or
+    ("number", the number) when a number written in the prose comes after it: "so $d = 90/n$,
+    and there are 12 sequences" gives 12."""
     last = None
     for match in _MATH_SPAN.finditer(region):
         last = match
+    number = last_prose_number(region[last.end() :] if last else region)
+    if number:
+        return "number", number
     if last is None:
         return None
-    content = next(group for group in last.groups() if group is not None).strip()
-    return content.rstrip(".,;").strip() or None
+    content = next(group for group in last.groups() if group is not None).strip().rstrip(".,;").strip()
+    return ("math", content) if content else None
 
 
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
@@ -104,9 +137,10 @@ def bare_answer(region: str) -> str | None:
     plain = _TEXT_COMMANDS.sub(lambda m: m.group(1), text)
     words = [w for w in _WORD.findall(plain) if not re.fullmatch(_UNIT_WORDS, w, re.IGNORECASE)]
     one_word = len(plain.split()) == 1  # "odd", "Evelyn"
-    return text if not words or one_word or all(w.lower() in NUMBER_WORDS for w in words) else None
+    return text if not words or one_word or all(w.lower() in _LIST_WORDS for w in words) else None
 
 
+_LIST_WORDS = {"and"} | set(NUMBER_NAMES)
 _PROSE_NUMBER = re.compile(r"[-+]?(?:\d+(?:[,.]\d+)*|\.\d+)(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b))?")
 
 
@@ -122,7 +156,28 @@ def last_prose_number(region: str) -> str | None:
 
 def boxed_contents(text: str) -> list[str]:
     """Contents of the top-level ``\\boxed{...}``, ``\\boxed X`` and ``\\fbox{...}`` of ``text``."""
-    found: list[str] = []
+    return [content for _, _, content in _boxes(text) if content]
+
+
+def reference_boxes(text: str) -> str | None:
+    """The gold answer of a reference written as a solution: its boxes joined when only
+    punctuation or an "and" separates them (``\\boxed{2}, \\boxed{3}``), else its last box; None
+    without one."""
+    boxes = [(start, end, content) for start, end, content in _boxes(text) if content]
+    if not boxes:
+        return None
+    joined = [boxes[-1][2]]
+    for (_, end, content), (start, _, _) in zip(reversed(boxes[:-1]), reversed(boxes[1:]), strict=True):
+        between = text[end:start]
+        if re.search(r"[A-Za-z]", between) and not re.search(r"\band\b", between):  # "\\boxed{1} and \\boxed{2}"
+            break
+        joined.insert(0, content)
+    return ", ".join(joined)
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each top-level box."""
+    found: list[tuple[int, int, str]] = []
     position = 0
     while match := _BOX_COMMAND.search(text, position):
         start = match.end()
@@ -133,16 +188,16 @@ def boxed_contents(text: str) -> list[str]:
             if end is None:  # unbalanced: the completion was cut off inside the box
                 position = start + 1
                 continue
-            found.append(text[start + 1 : end].strip())
+            found.append((match.start(), end + 1, text[start + 1 : end].strip()))
             position = end + 1
         else:
             token = re.match(r"[^\s$]+", text[start:])
             if token and start > match.end():
-                found.append(token.group(0))
+                found.append((match.start(), start + token.end(), token.group(0)))
                 position = start + token.end()
             else:
                 position = start
-    return [answer for answer in found if answer]
+    return found
 
 
 def _closing_brace(text: str, start: int) -> int | None:
@@ -186,11 +241,17 @@ def last_answer_statement(region: str) -> str | None:
 
 
 def _answer_of_statement(rest: str) -> str | None:
+    rest = rest.strip("\"'\u201c\u201d ")
     for left, right in _MATH_DELIMITERS:
         if rest.startswith(left):
-            end = rest.find(right, len(left))
-            if end > 0:
-                return rest[len(left) : end].strip() or None
+            parts = []
+            while rest.startswith(left) and (end := rest.find(right, len(left))) > 0:
+                parts.append(rest[len(left) : end].strip())
+                joiner = re.match(r"\s*(?:,\s*and|,|and)\s+(?=\$|\\\(|\\\[)", rest[end + len(right) :])  # "$12$ and $13$"
+                if not joiner:
+                    break
+                rest = rest[end + len(right) + joiner.end() :]
+            return ", ".join(part for part in parts if part) or None
     sentence = re.split(r"(?<![\d\\])\.(?:\s|$)|\.\s", rest, maxsplit=1)[0]
     sentence = sentence.strip().strip("*").rstrip(".,;:!").strip()
     if re.match(r"[A-Za-z]+\s+[A-Za-z$]", sentence):  # a sentence, not an answer
@@ -214,15 +275,8 @@ class Normalized:
     percent: bool
     text: str | None  # lower-cased words when the answer is plain text
     choice: str | None  # "A".."J" when the answer is a multiple-choice letter
-
-
-_SMALL_NUMBER_NAMES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
-    "eighteen nineteen twenty"
-).split()
-NUMBER_WORDS: dict[str, int] = {word: value for value, word in enumerate(_SMALL_NUMBER_NAMES)} | {
-    word: 10 * tens for tens, word in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), start=3)
-}
+    raw: str = ""  # ``latex`` before a leading ``x =`` was taken off
+    assigned: str | None = None  # the variable of ``x = 5`` (whitespace-free), when that was taken off
 
 
 _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
@@ -234,9 +288,12 @@ _UNIT_WORDS = (
 )
 _TRAILING_UNITS = re.compile(r"(?<=[\d}.])\s*(?:" + _UNIT_WORDS + r"\b(?:\^?\{?[23]\}?)?\s*)+$", re.IGNORECASE)
 _TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?")
-_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^[-+]?[1-9]\d{0,2}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?$")
 _CHOICE = re.compile(r"^\(?([A-J])\)?(?:[.:)]?\s.*)?$")
-_ASSIGNMENT = re.compile(r"^\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
+_NAME = r"\\?[A-Za-z]+(?:_\{?\w+\}?)?"
+_VARIABLE = re.compile(rf"{_NAME}(?:\([a-z]\))?|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")  # x, a_{37}, f(x), (x, y)
+_EQUALS = re.compile(r"(?<![<>!=\\])=(?!=)")
+_EMPTY_SET = re.compile(r"^(?:\\emptyset|\\varnothing|\\O|\u2205|\\\{\s*\\\}|\{\s*\})$")
 _NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)$")
 _FRACTION = re.compile(r"^(?P<sign>[-+]?)\\frac\{(?P<num>[-+]?\d+)\}\{(?P<den>[-+]?\d+)\}$|^(?P<p>[-+]?\d+)/(?P<q>\d+)$")
 
@@ -251,7 +308,8 @@ def normalize(answer: str, *, strip_assignment: bool = True) -> Normalized:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"(\d),\\!\s*(?=\d)|(\d)\{,\}(?=\d)", r"\1\2,", s)
-    s = re.sub(r"(?<=\S)\s*(?:\\text\{\s*and\s*\}|\\quad|\band\b)\s*(?=\S)", ", ", s) if re.search(r"\d", s) else s
+    if re.search(r"\d", s):  # "1 and 2", "1 \quad 2"
+        s = re.sub(r"(?<=\S)(?:\s*(?:\\text\{\s*and\s*\}|\\q?quad|\band\b))+\s*(?=\S)", ", ", s)
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])", "", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = s.replace("\\displaystyle", "").replace("\u2212", "-")
@@ -260,6 +318,9 @@ def normalize(answer: str, *, strip_assignment: bool = True) -> Normalized:
     s = re.sub(r"\\?%", "", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.strip().rstrip(".,;").strip()
+    s = re.sub(r",(?:\s*,)+", ",", s)  # "21, 36, and 82"
+    if _EMPTY_SET.match(s):
+        s = "\\emptyset"
 
     plain = _TEXT_COMMANDS.sub(lambda m: m.group(1), s).strip()
     choice_match = _CHOICE.match(plain)
@@ -275,11 +336,52 @@ def normalize(answer: str, *, strip_assignment: bool = True) -> Normalized:
         s = _TEXT_COMMANDS.sub(lambda m: m.group(1), s)
     if _THOUSANDS.match(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
-    if strip_assignment and (assignment := _ASSIGNMENT.match(s)):
-        s = assignment.group("rhs").strip()
+    if text in NUMBER_WORDS:  # \\text{five}
+        s, text = str(NUMBER_WORDS[text]), None
+    raw = s
+    assigned = None
+    if strip_assignment:
+        s, assigned = _value_of(s)
     s = re.sub(r"^([-+]?)0+(?=\d)", r"\1", s)
     s = s.rstrip(".").strip()
-    return Normalized(latex=s, key="".join(s.split()), percent=percent, text=text, choice=choice)
+    return Normalized(s, "".join(s.split()), percent, text, choice, raw, assigned)
+
+
+def _value_of(latex: str) -> tuple[str, str | None]:
+    """The value an answer states, and the variable it is assigned to: ``x = 5`` is 5 (of x),
+    ``x = 2 + 3 = 5`` is 5, ``x \\approx 11`` is 11, ``x = 1/3 \\approx 0.33`` is 1/3; an equation
+    such as ``2x + 4y = 3`` stays whole."""
+    if "\\approx" in latex:
+        before, _, after = latex.partition("\\approx")
+        latex = after.strip() if _VARIABLE.fullmatch(before.strip()) else before.strip()
+    sides = top_level_items(latex, _EQUALS)
+    if len(sides) == 1 or not all(sides) or re.search(r"[<>]|\\[lg]e", sides[-1]):
+        return latex, None
+    variable = "".join(sides[0].split()) if _VARIABLE.fullmatch(sides[0]) else None
+    if len(top_level_items(latex)) > 1:  # "k = 45, n = 2" is a list of assignments
+        return (sides[1], variable) if variable and len(sides) == 2 else (latex, None)
+    if variable or len(sides) > 2 or not any(_has_letters(side) for side in sides):  # "\\frac12 = 0.5"
+        return sides[-1], variable
+    return latex, None
+
+
+def _has_letters(latex: str) -> bool:
+    return bool(re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", latex)))
+
+
+def top_level_items(latex: str, separator: re.Pattern[str] = re.compile(",")) -> list[str]:
+    """``latex`` split at the separators outside any brackets (``(1, 2), [3, 4)`` is two items)."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(latex):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and index >= start and (match := separator.match(latex, index)):
+            items.append(latex[start:index].strip())
+            start = match.end()
+    items.append(latex[start:].strip())
+    return items
 
 
 def simple_number(latex: str) -> Fraction | None:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from verifiers import register
-from verifiers._math_answer import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answers
-from verifiers._math_judge import CORRECT, SEVERAL, judge, judge_in_worker, warm_up
+from verifiers._math_answer import EXTRACTION_MODES, ExtractionMode, extract_answers, reference_boxes
+from verifiers._math_judge import CORRECT, SEVERAL, Tolerance, judge, judge_in_worker, warm_up
 from verifiers.base import CallTimeout, RemoteError, Verdict, Verifier, WorkerCrashed, WorkerPool
 
 
@@ -33,6 +33,9 @@ class MathVerifier(Verifier):
         on_multiple: "reject" scores several non-equivalent boxed answers 0 ("several different
             answers"); "last" takes the last one, as other evaluation harnesses do.
         rel_tol: relative tolerance for numeric answers (``3.14`` is not ``\\pi``).
+        precision: None, or the number of decimal places to which a decimal written on either side
+            is rounded before it is compared (Math-Verify's ``float_rounding``): with 2, ``0.33``
+            matches ``\\frac{1}{3}``, also inside tuples, intervals and matrices.
         time_limit: seconds one verification may take; beyond it the verdict is "timeout".
     """
 
@@ -42,6 +45,7 @@ class MathVerifier(Verifier):
         require_boxed: bool = False,
         on_multiple: Literal["reject", "last"] = "reject",
         rel_tol: float = 1e-9,
+        precision: int | None = None,
         time_limit: float = 2.0,
     ):
         if extraction not in EXTRACTION_MODES:
@@ -50,15 +54,19 @@ class MathVerifier(Verifier):
             raise ValueError(f"on_multiple must be 'reject' or 'last', not {on_multiple!r}")
         if not rel_tol >= 0:
             raise ValueError(f"rel_tol must be >= 0, not {rel_tol!r}")
+        if precision is not None and not (isinstance(precision, int) and 0 <= precision <= 15):
+            raise ValueError(f"precision must be None or a number of decimal places from 0 to 15, not {precision!r}")
         if not time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, not {time_limit!r}")
         self.extraction = extraction
         self.require_boxed = require_boxed
         self.on_multiple = on_multiple
         self.rel_tol = rel_tol
+        self.precision = precision
+        self._tolerance = Tolerance(rel_tol, precision)
         self.time_limit = time_limit
         self._pool = WorkerPool(
-            functools.partial(judge_in_worker, rel_tol=rel_tol),
+            functools.partial(judge_in_worker, tol=self._tolerance),
             initializer=warm_up,
         )
         self._pool.start(1)
@@ -88,7 +96,7 @@ class MathVerifier(Verifier):
         answers = extraction.answers[-1:] if self.on_multiple == "last" else extraction.answers
         extracted = answers[-1]
         details: dict[str, Any] = {"boxed": extraction.boxed, "answers": len(answers), "found_by": extraction.source}
-        result = judge(answers, references, self.rel_tol, use_sympy=False)
+        result = judge(answers, references, self._tolerance, use_sympy=False)
         if result is None:
             details["sympy"] = True
             try:
@@ -112,6 +120,5 @@ def _reference_answers(reference: Any) -> list[str]:
     answers = []
     for item in items:
         text = str(item).strip()
-        boxes = boxed_contents(text)
-        answers.append(", ".join(boxes) if boxes else text)
+        answers.append(reference_boxes(text) or text)
     return [answer for answer in answers if answer]
