@@ -28,6 +28,7 @@ class Cgroup:
     def __init__(self, directories: list[Path], version: int):
         self.directories = directories
         self.version = version
+        self._oom_kills_before = 0
 
     @classmethod
     def create(cls, memory_bytes: int, max_pids: int) -> Cgroup | None:
@@ -84,13 +85,35 @@ class Cgroup:
 
     def out_of_memory(self) -> bool:
         """True if the kernel killed a process of the run for exceeding the memory limit."""
+        return self._oom_kills() > self._oom_kills_before
+
+    def _oom_kills(self) -> int:
         events = self.directories[0] / ("memory.events" if self.version == 2 else "memory.oom_control")
         with contextlib.suppress(OSError):
             for line in events.read_text().splitlines():
                 key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
-                    return True
-        return False
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    def reset(self, memory_bytes: int, max_pids: int) -> None:
+        """Make an empty cgroup ready for the next run (warm back-ends reuse them): its limits, and
+        out-of-memory kills counted from now."""
+        memory, pids = (self.directories[0], self.directories[-1])
+        if self.version == 2:
+            (memory / "memory.max").write_text(str(memory_bytes))
+        else:
+            # memory+swap may never be below memory: one of the two writes of it fits either order.
+            for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                with contextlib.suppress(OSError):
+                    (memory / name).write_text(str(memory_bytes))
+        (pids / "pids.max").write_text(str(max_pids))
+        self._oom_kills_before = self._oom_kills()
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (and so everything it starts later) into the cgroup."""
+        for directory in self.directories:
+            (directory / "cgroup.procs").write_text(str(pid))
 
     def pids(self) -> set[int]:
         found: set[int] = set()

@@ -79,11 +79,12 @@ class Host:
             connection.close()
             count += 1
 
-    def leftover_processes(self) -> list[int]:
-        """Host processes of the sandbox uids, other than the canary."""
+    def leftover_processes(self, resident: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Host processes of the sandbox uids, other than the canary and the back-end's ``resident``
+        ones (its warm server, see :meth:`sandboxes.base.Sandbox.resident_pids`)."""
         found = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or (self.canary and int(entry) == self.canary.pid):
+            if not entry.isdigit() or (self.canary and int(entry) == self.canary.pid) or int(entry) in resident:
                 continue
             with contextlib.suppress(OSError):
                 status = Path(f"/proc/{entry}/status").read_text()

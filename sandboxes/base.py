@@ -244,7 +244,12 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(**{**common, **job}), jobs))
 
     def close(self) -> None:
-        """Release what the back-end keeps between runs (warm containers); runs may follow."""
+        """Release what the back-end keeps between runs (warm servers); runs may follow."""
+
+    def resident_pids(self) -> set[int]:
+        """Host pids of the processes the back-end keeps between runs (its warm server): none of
+        them ever runs a program, and none is a run's leftover."""
+        return set()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -261,42 +266,39 @@ class Sandbox:
         return None
 
 
-def stream_process(
-    argv: list[str],
-    *,
-    stdin: bytes,
-    limits: Limits,
-    env: Mapping[str, str],
-    cwd: str | None = None,
-    pass_fds: Sequence[int] = (),
-    kill: Callable[[subprocess.Popen], None] | None = None,
-) -> RawOutcome:
-    """Start ``argv`` and feed/collect its pipes incrementally: stdout and stderr are each kept up
-    to ``limits.max_output_bytes`` and one byte more kills the run, so a flood never fills host
-    memory. At ``limits.timeout`` the run is killed with ``kill(process)`` (default: SIGKILL to its
-    process group). Output is collected until the main process exits; children it leaves behind
-    are the back-end's to kill."""
-    kill = kill or _kill_process_group
-    cap = limits.max_output_bytes
-    started = time.monotonic()
-    deadline = started + limits.timeout
-    process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env), cwd=cwd,
-        pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
-    )
-    outputs = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+@dataclass
+class Pumped:
+    """What :func:`pump_pipes` collected."""
+
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+    @property
+    def overflow(self) -> bool:
+        return self.stdout_truncated or self.stderr_truncated
+
+
+def pump_pipes(stdin_fd: int, stdout_fd: int, stderr_fd: int, *, stdin: bytes, cap: int, deadline: float,
+               exited: Callable[[], bool]) -> Pumped:
+    """Feed ``stdin`` and collect stdout and stderr incrementally, each kept up to ``cap`` bytes;
+    one byte more stops collecting (an overflow), so a flood never fills host memory. Stops at
+    end of output, at an overflow, at ``deadline`` (timed out), or once ``exited()`` and nothing
+    more is buffered. Closes ``stdin_fd``; the caller closes the others."""
+    outputs = {stdout_fd: bytearray(), stderr_fd: bytearray()}
     overflow = {fd: False for fd in outputs}
     pending_stdin = memoryview(stdin)
     selector = selectors.DefaultSelector()
     for fd in outputs:
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
-    stdin_fd = process.stdin.fileno()
     if pending_stdin:
         os.set_blocking(stdin_fd, False)
         selector.register(stdin_fd, selectors.EVENT_WRITE)
     else:
-        process.stdin.close()
+        os.close(stdin_fd)
     timed_out = False
     try:
         while selector.get_map():
@@ -305,9 +307,9 @@ def stream_process(
                 timed_out = True
                 break
             # Once the main process has exited, only drain what is already buffered.
-            exited = process.poll() is not None
-            events = selector.select(0 if exited else min(remaining, 0.5))
-            if exited and not events:
+            done = exited()
+            events = selector.select(0 if done else min(remaining, 0.5))
+            if done and not events:
                 break
             for key, _ in events:
                 fd = key.fd
@@ -319,7 +321,7 @@ def stream_process(
                         pending_stdin = pending_stdin[:0]
                     if not pending_stdin:
                         selector.unregister(fd)
-                        process.stdin.close()
+                        os.close(fd)
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -332,7 +334,47 @@ def stream_process(
                     overflow[fd] = True
             if any(overflow.values()):
                 break
-        if timed_out or any(overflow.values()):
+    finally:
+        if stdin_fd in selector.get_map():
+            os.close(stdin_fd)
+        selector.close()
+    return Pumped(bytes(outputs[stdout_fd]), bytes(outputs[stderr_fd]), timed_out, overflow[stdout_fd],
+                  overflow[stderr_fd])
+
+
+def stream_process(
+    argv: list[str],
+    *,
+    stdin: bytes,
+    limits: Limits,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    kill: Callable[[subprocess.Popen], None] | None = None,
+) -> RawOutcome:
+    """Start ``argv`` and run it through :func:`pump_pipes` (output capped while streaming). At
+    ``limits.timeout`` or an overflow the run is killed with ``kill(process)`` (default: SIGKILL
+    to its process group). Output is collected until the main process exits; children it leaves
+    behind are the back-end's to kill."""
+    kill = kill or _kill_process_group
+    started = time.monotonic()
+    deadline = started + limits.timeout
+    stdin_read, stdin_write = os.pipe()
+    try:
+        process = subprocess.Popen(
+            argv, stdin=stdin_read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env), cwd=cwd,
+            pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
+        )
+    except BaseException:
+        os.close(stdin_write)
+        raise
+    finally:
+        os.close(stdin_read)
+    try:
+        pumped = pump_pipes(stdin_write, process.stdout.fileno(), process.stderr.fileno(), stdin=stdin,
+                            cap=limits.max_output_bytes, deadline=deadline, exited=lambda: process.poll() is not None)
+        timed_out = pumped.timed_out
+        if timed_out or pumped.overflow:
             kill(process)
         try:
             exit_code = process.wait(timeout=max(deadline - time.monotonic(), 0) + 0.5)
@@ -341,21 +383,19 @@ def stream_process(
             kill(process)
             exit_code = process.wait()
     finally:
-        selector.close()
-        for stream in (process.stdin, process.stdout, process.stderr):
+        for stream in (process.stdout, process.stderr):
             if stream and not stream.closed:
                 stream.close()
-    stdout_fd, stderr_fd = list(outputs)
     return RawOutcome(
         pid=process.pid,
         exit_code=exit_code,
-        stdout=bytes(outputs[stdout_fd]),
-        stderr=bytes(outputs[stderr_fd]),
+        stdout=pumped.stdout,
+        stderr=pumped.stderr,
         wall_time=time.monotonic() - started,
         timed_out=timed_out,
-        output_overflow=any(overflow.values()),
-        stdout_truncated=overflow[stdout_fd],
-        stderr_truncated=overflow[stderr_fd],
+        output_overflow=pumped.overflow,
+        stdout_truncated=pumped.stdout_truncated,
+        stderr_truncated=pumped.stderr_truncated,
     )
 
 

@@ -17,25 +17,19 @@ kernel kills every process in the PID namespace, daemonised ones included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
-from pathlib import Path, PurePosixPath
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from sandboxes import register
-from sandboxes._cgroup import Cgroup
-from sandboxes.base import (
-    LAUNCHER_ENV,
-    SANDBOX_ENV,
-    SANDBOX_UID,
-    Limits,
-    RawOutcome,
-    Sandbox,
-    SandboxError,
-    stream_process,
-)
+from sandboxes._warm import PYTHON, ZYGOTE_SOURCE, ForkServer, ServerProcess
+from sandboxes.base import LAUNCHER_ENV, SANDBOX_ENV, SANDBOX_UID, Limits, RawOutcome, Sandbox, SandboxError
 
 WORK_DIR = "/work"
 
@@ -57,19 +51,24 @@ class BwrapSandbox(Sandbox):
         super().__init__(**limits)
         self.bwrap = bwrap
         self.runtime = tuple(runtime)
+        self._server = ForkServer(self._start_server, "bwrap")
 
     @classmethod
     def unavailable_reason(cls, bwrap: str = "bwrap", **options: Any) -> str | None:
         if shutil.which(bwrap) is None:
             return f"{bwrap!r} is not installed (apt-get install bubblewrap)"
-        probe = cls(bwrap=bwrap).run("", timeout=10)
+        with cls(bwrap=bwrap) as box:
+            probe = box.run("", timeout=10)
         if probe.status != "ok":
             return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[:300]}"
         return None
 
-    def _bwrap_argv(self, files: dict[str, bytes], fds: dict[str, int], limits: Limits) -> list[str]:
+    def _server_argv(self, zygote_fd: int, channel_fd: int) -> list[str]:
+        # No --disable-userns: the server needs nested user namespaces (runs get a seccomp filter
+        # against them instead). No --die-with-parent: it would fire when the host *thread* that
+        # started bwrap ends; the server exits when the host's end of its socket closes instead.
         argv = [
-            self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            self.bwrap, "--unshare-all", "--unshare-user", "--new-session",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv",
         ]
         for key, value in SANDBOX_ENV.items():
@@ -82,54 +81,70 @@ class BwrapSandbox(Sandbox):
                 argv += ["--symlink", os.readlink(host), str(host)]
             elif host.is_dir() and str(host) not in self.runtime:
                 argv += ["--ro-bind", str(host), str(host)]
-        disk = str(limits.disk_mb << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev", "--size", disk, "--tmpfs", "/tmp", "--size", disk,
-                 "--tmpfs", WORK_DIR]
-        directories = sorted({str(parent) for name in files for parent in PurePosixPath(name).parents} - {"."})
-        for directory in directories:
-            argv += ["--dir", f"{WORK_DIR}/{directory}"]
-        for name, fd in fds.items():
-            argv += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
-        return [*argv, "--chdir", WORK_DIR, "--"]
+        # /work and /tmp are mount points: every run mounts its own tmpfs on them.
+        argv += ["--proc", "/proc", "--dev", "/dev", "--dir", WORK_DIR, "--dir", "/tmp", "--dir", "/sandbox",
+                 "--perms", "0444", "--file", str(zygote_fd), "/sandbox/zygote.py", "--remount-ro", "/",
+                 "--chdir", WORK_DIR, "--"]
+        return [*drop_privileges_argv(), *argv, PYTHON, "-I", "-B", "/sandbox/zygote.py", str(channel_fd)]
+
+    def _start_server(self, channel: socket.socket) -> ServerProcess:
+        zygote_fd = os.memfd_create("sandbox-zygote")
+        try:
+            os.write(zygote_fd, ZYGOTE_SOURCE.encode())
+            os.lseek(zygote_fd, 0, os.SEEK_SET)
+            log = tempfile.TemporaryFile()
+            try:
+                process = subprocess.Popen(
+                    self._server_argv(zygote_fd, channel.fileno()), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    env=LAUNCHER_ENV, pass_fds=(zygote_fd, channel.fileno()), start_new_session=True,
+                )
+            except OSError as error:
+                log.close()
+                raise SandboxError(f"could not start bubblewrap ({error}); install it with apt-get install bubblewrap") from error
+        finally:
+            os.close(zygote_fd)
+        return _BwrapServer(process, log)
 
     def _execute(self, argv: list[str], files: dict[str, bytes], stdin: bytes, limits: Limits) -> RawOutcome:
-        fds: dict[str, int] = {}
-        cgroup = Cgroup.create(limits.memory_mb << 20, limits.max_processes + 2)
-        try:
-            for name, content in files.items():
-                fd = os.memfd_create(f"sandbox-{PurePosixPath(name).name}")
-                fds[name] = fd
-                os.write(fd, content)
-                os.lseek(fd, 0, os.SEEK_SET)
-            command = [
-                *(cgroup.join_argv() if cgroup else []),
-                *drop_privileges_argv(),
-                *self._bwrap_argv(files, fds, limits),
-                *limits.prlimit_argv(),
-                *argv,
-            ]
+        return self._server.execute(argv, files, stdin, limits)
 
-            def kill(process: subprocess.Popen) -> None:
-                # The namespace's init has --die-with-parent: killing bwrap takes the whole tree.
-                try:
-                    os.kill(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                if cgroup:
-                    cgroup.kill_all()
+    def close(self) -> None:
+        """Stop the warm server (a later run starts a new one)."""
+        self._server.close()
 
+    def resident_pids(self) -> set[int]:
+        return self._server.resident_pids()
+
+
+class _BwrapServer(ServerProcess):
+    def __init__(self, process: subprocess.Popen, log: Any):
+        self.process = process
+        self.log = log
+
+    def stop(self) -> None:
+        # bwrap is PID 1 of the server's namespace: killing it kills every run in it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
+    def pids(self) -> set[int]:
+        # bwrap, bwrap as PID 1 of the server's namespace, the server: each the first child of the last.
+        found = {self.process.pid}
+        pid = self.process.pid
+        for _ in range(2):
             try:
-                raw = stream_process(command, stdin=stdin, limits=limits, env=LAUNCHER_ENV,
-                                     pass_fds=list(fds.values()), kill=kill)
-            except OSError as error:
-                raise SandboxError(f"could not start bubblewrap ({error}); install it with apt-get install bubblewrap") from error
-            if cgroup and cgroup.out_of_memory():
-                raw.out_of_memory = True
-            if raw.exit_code == 1 and raw.stderr.startswith(b"bwrap: ") and not raw.stdout:
-                raise SandboxError(f"bubblewrap failed: {raw.stderr.decode(errors='replace').strip()}")
-            return raw
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-            if cgroup:
-                cgroup.remove()
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                break
+            if not children:
+                break
+            pid = int(children[0])
+            found.add(pid)
+        return found
+
+    def failure(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1)
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")

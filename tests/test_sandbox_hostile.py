@@ -32,9 +32,9 @@ def host():
         yield planted
 
 
-def _wait_for_no_leftovers(host: Host, seconds: float = 3.0) -> list[int]:
+def _wait_for_no_leftovers(host: Host, sandbox, seconds: float = 3.0) -> list[int]:
     deadline = time.monotonic() + seconds
-    while (left := host.leftover_processes()) and time.monotonic() < deadline:
+    while (left := host.leftover_processes(sandbox.resident_pids())) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -48,7 +48,7 @@ def test_hostile_program_is_contained(sandbox, host, case):
     assert problem is None, f"{case.name}: {problem}\nstdout: {result.stdout[-500:]!r}\nstderr: {result.stderr[-500:]!r}"
     # Every case: bounded in time, nothing left running on the host, the canary untouched.
     assert result.wall_time < SUITE_LIMITS["timeout"] + 6
-    assert _wait_for_no_leftovers(host) == [], "processes of the run survived it"
+    assert _wait_for_no_leftovers(host, sandbox) == [], "processes of the run survived it"
     assert host.canary.poll() is None
 
 

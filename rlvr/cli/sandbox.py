@@ -73,7 +73,7 @@ def _check(args: argparse.Namespace) -> int:
             with Host() as host:
                 result = box.run(case.source(host))
                 problem = case.check(result, host)
-                if problem is None and host.leftover_processes():
+                if problem is None and host.leftover_processes(box.resident_pids()):
                     problem = "processes of the run survived it"
             escaped += problem is not None
             verdict = "contained " if problem is None else "ESCAPED   "

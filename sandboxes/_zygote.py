@@ -1,0 +1,312 @@
+# The warm fork server ("zygote") of the bwrap and docker back-ends. It runs inside the outer
+# sandbox (a bwrap namespace, or a container) as the unprivileged sandbox user, started once:
+#
+#   python3 -I -B _zygote.py FD        # FD: a SOCK_SEQPACKET socket to the host
+#   python3 -I -B _zygote.py PATH      # or the path of the host's listening socket (containers)
+#
+# It imports what runs need up front, then only ever forks: it never reads a run's program, files
+# or stdin (they arrive as file descriptors that only the forked child reads), so no run's data
+# (the harness's nonce, the tests) is ever in its memory, and every child starts from this clean
+# state, never from a state a previous run could have touched. Each request is a small JSON header
+# (argv, limits, environment: nothing secret) plus descriptors: a control socket, the run's stdin,
+# stdout and stderr pipes, and a memfd holding its files.
+#
+# Per run, three processes:
+# * the session (forked from the server) closes the server's socket, unshares a nested user
+#   namespace with fresh mount, PID, IPC and network namespaces, mounts private tmpfs on /work,
+#   /tmp and /dev/shm, and shows its host pid (SCM_CREDENTIALS) so the host can put it into the
+#   run's cgroup before anything else happens. It enforces the timeout and kills the run on the
+#   host's word (or when the host hangs up), then reports the exit status over the control socket.
+# * init, PID 1 of the run's PID namespace, mounts the namespace's own /proc (where the outer
+#   /proc does not allow that, as in containers, an empty tmpfs hides it), writes the files, and
+#   waits for the program. When init exits the kernel kills everything left in the namespace.
+# * the program drops every capability, gets the rlimits, a seccomp filter against new user
+#   namespaces and the fixed environment, then execs argv, or, for Python (``python3 FILE``),
+#   runs the file in this already-warm interpreter exactly as ``python3 FILE`` would.
+# Standard library only: it runs on the outer sandbox's python3.
+import atexit
+import base64
+import builtins
+import collections  # noqa: F401 - imported for the code verifier's harness, before any fork
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1, 0x4000, 0x40000
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
+MAX_REQUEST = 1 << 16
+
+
+def check(result, what):
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
+def mount(source, target, fstype, flags, data=None):
+    check(libc.mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
+                     flags, data.encode() if data else None), f"mount {target}")
+
+
+def forbid_user_namespaces():
+    """A seccomp filter (allowed unprivileged under no_new_privs): unshare/clone with CLONE_NEWUSER
+    fail with EPERM, clone3 (whose flags a filter cannot read) with ENOSYS so libc falls back to
+    clone, and syscalls of other architectures with EPERM."""
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, errno_ret = 0x7FFF0000, 0x00050000
+    program = [
+        (ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, errno_ret | 1),
+        (ld, 0, 0, 0), (jeq, 0, 1, 435), (ret, 0, 0, errno_ret | 38),
+        (jeq, 1, 0, 272), (jeq, 0, 2, 56),
+        (ld, 0, 0, 16), (jset, 1, 0, CLONE_NEWUSER), (ret, 0, 0, allow), (ret, 0, 0, errno_ret | 1),
+    ]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    instructions = (Instruction * len(program))(*[Instruction(*item) for item in program])
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(Program(len(program), instructions))), "seccomp")
+
+
+def drop_capabilities():
+    """The session created the user namespace, so its children hold every capability in it."""
+    for capability in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            break  # past the last capability this kernel knows
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()
+    check(libc.capset(header, data), "capset")
+
+
+def read_all(fd):
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def serve(channel):
+    """Fork one session per request until the host hangs up."""
+    channel.send(b"ready")
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        ready = select.select([channel], [], [], 1.0)[0]
+        if not ready:
+            continue
+        message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 8)
+        if not message:
+            return
+        if len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            status = 1
+            try:
+                channel.close()
+                session(json.loads(message), *fds)
+                status = 0
+            finally:
+                os._exit(status)
+        for fd in fds:
+            os.close(fd)
+
+
+def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd):
+    control = socket.socket(fileno=control_fd)
+    try:
+        prepare_namespaces(request)
+    except OSError as error:
+        control.send(json.dumps({"error": f"cannot isolate the run: {error}"}).encode())
+        return
+    control.send(b"pid")  # the host reads our pid from the message's credentials
+    if control.recv(16) != b"go":
+        return
+    status_read, status_write = os.pipe()
+    init = os.fork()
+    if init == 0:
+        code = 1
+        try:
+            control.close()
+            os.close(status_read)
+            run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write)
+            code = 0
+        finally:
+            os._exit(code)
+    for fd in (stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
+        os.close(fd)
+    pidfd = os.pidfd_open(init)
+    deadline = time.monotonic() + request["timeout"]
+    timed_out = killed = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        ready = select.select([pidfd, control], [], [], remaining)[0]
+        if pidfd in ready:
+            break
+        if control in ready:
+            killed = True  # the host's "kill", or it hung up
+            break
+    if timed_out or killed:
+        os.kill(init, signal.SIGKILL)  # init's death takes the whole PID namespace
+    os.waitpid(init, 0)
+    status = os.read(status_read, 4)
+    wait_status = struct.unpack("i", status)[0] if len(status) == 4 else None
+    try:
+        control.send(json.dumps({"wait_status": wait_status, "timed_out": timed_out}).encode())
+        # Closing with the host's "kill" unread would reset the connection and lose the report:
+        # the host hangs up first.
+        while control.recv(16):
+            pass
+    except OSError:
+        pass
+
+
+
+def prepare_namespaces(request):
+    uid, gid = os.getuid(), os.getgid()
+    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    size = request["disk_bytes"]
+    for path, mode in (("/work", "0755"), ("/tmp", "1777"), ("/dev/shm", "1777")):
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
+
+
+def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
+    """PID 1 of the run's namespace: /proc, the files, then wait for the program."""
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+    files = json.loads(read_all(files_fd))
+    os.close(files_fd)
+    for name, (content, executable) in files.items():
+        path = os.path.join("/work", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(base64.b64decode(content))
+        os.chmod(path, 0o755 if executable else 0o644)
+    program = os.fork()
+    if program == 0:
+        try:
+            os.close(status_write)
+            run_program(request, stdin_fd, stdout_fd, stderr_fd)
+        except BaseException as error:  # noqa: B036 - report anything, never return into init
+            os.write(2, f"sandbox: {error!r}\n".encode())
+        finally:
+            os._exit(127)
+    for fd in (stdin_fd, stdout_fd, stderr_fd):
+        os.close(fd)
+    while True:
+        pid, status = os.wait()
+        if pid == program:
+            os.write(status_write, struct.pack("i", status))
+            return
+
+
+def run_program(request, stdin_fd, stdout_fd, stderr_fd):
+    os.setsid()
+    for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd)):
+        os.dup2(fd, target)
+    os.closerange(3, 1 << 20)
+    os.chdir("/work")
+    os.environ.clear()
+    os.environ.update(request["env"], PWD="/work")
+    for name, value in request["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    drop_capabilities()
+    forbid_user_namespaces()
+    if request.get("python"):
+        run_python(request["python"])
+    argv = request["argv"]
+    os.execvpe(argv[0], argv, os.environ)
+
+
+def run_python(filename):
+    """``python3 FILE`` in this interpreter: a fresh __main__, the usual exit status."""
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    path = os.path.join("/work", filename)
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    sys.argv = [filename]
+    sys.path.insert(0, os.path.dirname(path))
+    status = 0
+    try:
+        with open(path, "rb") as handle:
+            source = handle.read()
+        exec(compile(source, path, "exec"), main.__dict__)
+    except SystemExit as exit_request:
+        status = exit_status(exit_request.code)
+    except BaseException:  # noqa: B036 - what python3 does with an uncaught exception
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except SystemExit as exit_request:
+        status = exit_status(exit_request.code)
+    except BaseException:  # noqa: B036
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - python3 exits 120 when stdout cannot be flushed
+            status = status or 120
+    os._exit(status)
+
+
+def exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(f"{code}\n")
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def main():
+    where = sys.argv[1]
+    if where.isdigit():
+        channel = socket.socket(fileno=int(where))
+    else:
+        channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel.connect(where)
+    serve(channel)
+
+
+if __name__ == "__main__":
+    main()
