@@ -9,6 +9,12 @@
 
 Each stage leaves a marker when it is done: after Ctrl-C, running the same command again skips the
 finished stages and the RL stage resumes from its last checkpoint.
+
+``rlvr demo --model smollm2-135m-instruct`` (:func:`run_model_demo`) runs a real pretrained model through a
+recipe of ``configs/`` instead, with its control: evaluate the model on held-out problems, train it with the
+recipe, evaluate it, train it again from the start with the random reward paying as many samples as the
+model's own accuracy (``verifier.name=random``), evaluate that, and report both against the base with
+paired 95% intervals.
 """
 
 from __future__ import annotations
@@ -83,6 +89,140 @@ class DemoConfig:
 
 
 STAGES = ("model", "sft", "eval-base", "rl", "eval-final", "report")
+MODEL_STAGES = ("eval-base", "rl", "eval-final", "control", "eval-control", "report")
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class ModelDemoConfig:
+    out: str = option("runs/demo-model", "Directory of everything the demo writes.")
+    model: str = option("smollm2-135m-instruct", "Named model (see `rlvr model list`) or model directory to train.")
+    recipe: str = option(str(RECIPES / "smollm2_arithmetic_grpo.yaml"), "Training config of the RL stage and of its control (the task, its options and the template come from it).")
+    eval_problems: int = option(100, "Held-out problems (the task's test split) for each evaluation.")
+    n: int = option(4, "Samples per held-out problem.")
+    temperature: float = option(0.6, "Sampling temperature of the evaluations.")
+    train_overrides: list[str] = option([], "section.key=value overrides of the recipe for both training runs, e.g. [optim.steps=10].")
+
+
+def run_model_demo(cfg: ModelDemoConfig, log=sys.stdout) -> Path:
+    """Evaluate, train, evaluate, train the random-reward control, evaluate, report; every stage not yet
+    done (the same markers as :func:`run_demo`). Returns the path of ``report.md``."""
+    from rlvr import config
+    from rlvr.models import resolve_model_path
+    from rlvr.train_config import TrainConfig
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.yaml").write_text(render(cfg) + "\n")
+    if not Path(cfg.recipe).is_file():
+        raise FileNotFoundError(f"recipe {cfg.recipe!r} does not exist; pass recipe=PATH of a training config (configs/*.yaml)")
+    model_dir = Path(resolve_model_path(cfg.model))
+    recipe = config.load(TrainConfig, cfg.recipe, [f"model.path={model_dir}", *cfg.train_overrides])
+    started = time.monotonic()
+    steps = {
+        "eval-base": lambda: evaluate_recipe(cfg, recipe, model_dir, out / "eval-base"),
+        "rl": lambda: train_recipe(recipe, out / "rl", out / "final", {}),
+        "eval-final": lambda: evaluate_recipe(cfg, recipe, out / "final", out / "eval-final"),
+        "control": lambda: train_recipe(recipe, out / "control", out / "control-final", control_verifier(recipe, out)),
+        "eval-control": lambda: evaluate_recipe(cfg, recipe, out / "control-final", out / "eval-control"),
+        "report": lambda: write_model_report(cfg, recipe, out),
+    }
+    for number, stage in enumerate(MODEL_STAGES, start=1):
+        marker = out / f".done-{stage}"
+        if marker.exists():
+            print(f"[{number}/{len(MODEL_STAGES)}] {stage}: done earlier, skipped", file=log, flush=True)
+            continue
+        print(f"[{number}/{len(MODEL_STAGES)}] {stage} ... (elapsed {time.monotonic() - started:.0f} s)", file=log, flush=True)
+        stage_started = time.monotonic()
+        steps[stage]()
+        marker.write_text(f"{time.monotonic() - stage_started:.1f}\n")
+    print(f"demo finished in {time.monotonic() - started:.0f} s; report: {out / 'report.md'}", file=log, flush=True)
+    return out / "report.md"
+
+
+def evaluate_recipe(cfg: ModelDemoConfig, recipe: Any, model_dir: Path, output_dir: Path) -> None:
+    """``rlvr eval`` of ``model_dir`` on the held-out split of the recipe's task, with its template and length."""
+    from rlvr.evaluation import evaluate
+
+    evaluate(
+        model_dir, [recipe.data.task], n=cfg.n, ks=_ks(cfg.n), temperature=cfg.temperature, top_p=1.0,
+        max_tokens=recipe.rollout.max_new_tokens, template=recipe.data.template, seed=recipe.optim.seed,
+        limit=cfg.eval_problems, split="test", output_dir=output_dir, engine=recipe.rollout.engine,
+        engine_options={"gpu_memory_utilization": recipe.rollout.gpu_memory_utilization, "dtype": recipe.model.dtype},
+        task_options={recipe.data.task: recipe.data.options}, progress=lambda line: print(f"  {line}", flush=True),
+    )
+
+
+def control_verifier(recipe: Any, out: Path) -> dict[str, Any]:
+    """The random reward at the base model's held-out accuracy under the recipe's own reward (strict or
+    lenient extraction), so that the control pays about as many samples as the real verifier did."""
+    base = json.loads((out / "eval-base" / "results.json").read_text())["tasks"][recipe.data.task]
+    scored = base["strict"] if recipe.verifier.extraction == "strict" and "strict" in base else base
+    p = round(scored[f"avg@{base['n']}"], 4)
+    print(f"  control: random reward with p={p} (the base model's {recipe.verifier.extraction} accuracy)", flush=True)
+    return {"name": "random", "options": {"random": {"p": p, "seed": recipe.optim.seed}}}
+
+
+def train_recipe(recipe: Any, run_dir: Path, final_dir: Path, verifier: dict[str, Any]) -> None:
+    """Train with the recipe into ``run_dir`` (resuming there), with ``verifier`` settings overriding its
+    own; the final weights become the plain model directory ``final_dir``."""
+    import copy
+
+    from rlvr.trainer import train
+
+    train_cfg = copy.deepcopy(recipe)
+    train_cfg.checkpoint.output_dir = str(run_dir)
+    for key, value in verifier.items():
+        setattr(train_cfg.verifier, key, value)
+    final = train(train_cfg, resume=True)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    shutil.copytree(final, final_dir, ignore=shutil.ignore_patterns("trainer_state.pt"))
+
+
+def write_model_report(cfg: ModelDemoConfig, recipe: Any, out: Path) -> None:
+    """``report.md``: base, RL and control on the held-out problems, both scores (lenient and strict), the
+    paired differences against the base with their 95% intervals, response lengths and training times."""
+    from rlvr.evaluation import compare, load_results
+    from rlvr.tracking import read_metrics
+
+    task = recipe.data.task
+    results = {name: load_results(out / name) for name in ("eval-base", "eval-final", "eval-control")}
+    metric = f"avg@{cfg.n}"
+    rows = ["| | base | after RL | RL - base [95% CI] | control | control - base [95% CI] |", "|---|---|---|---|---|---|"]
+    for label, extraction in (("lenient", "lenient"), ("strict", "strict")):
+        cells = []
+        for name in ("eval-final", "eval-control"):
+            row = next(r for r in compare(results["eval-base"], results[name])
+                       if r["task"] == task and r["metric"] == metric and r["extraction"] == extraction)
+            low, high = row["ci95"]
+            cells.append((row["b"], f"{100 * row['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"))
+        base_value = next(r for r in compare(results["eval-base"], results["eval-final"])
+                          if r["metric"] == metric and r["extraction"] == extraction)["a"]
+        rows.append(f"| pass@1 {label} (%) | {100 * base_value:.1f} | {100 * cells[0][0]:.1f} | {cells[0][1]} "
+                    f"| {100 * cells[1][0]:.1f} | {cells[1][1]} |")
+    lengths = [results[name]["tasks"][task]["mean_response_length"] for name in results]
+    rows.append(f"| mean response length (tokens) | {lengths[0]:.1f} | {lengths[1]:.1f} | "
+                f"{100 * (lengths[1] / lengths[0] - 1):+.0f}% | {lengths[2]:.1f} | {100 * (lengths[2] / lengths[0] - 1):+.0f}% |")
+    truncation = [100 * results[name]["tasks"][task]["truncation_rate"] for name in results]
+    rows.append(f"| truncated (%) | {truncation[0]:.1f} | {truncation[1]:.1f} | | {truncation[2]:.1f} | |")
+    train_seconds = {name: sum(row.get("time/step", 0.0) for row in read_metrics(out / name)) for name in ("rl", "control")}
+    stage_seconds = {stage: float((out / f".done-{stage}").read_text()) for stage in MODEL_STAGES if (out / f".done-{stage}").exists()}
+    base = results["eval-base"]["tasks"][task]
+    text = "\n".join([
+        "# rlvr demo report: a real model", "",
+        f"Model `{cfg.model}`, recipe `{Path(cfg.recipe).name}`. Held-out problems: {base['num_problems']} of the "
+        f"`{task}` test split ({recipe.data.options}), {cfg.n} samples each at temperature {cfg.temperature}, "
+        f"at most {recipe.rollout.max_new_tokens} tokens; pass@1 = {metric}; lenient and strict are the math "
+        "verifier's two extraction modes on the same samples. Control: the same training with the random reward "
+        f"(`verifier.name=random`, p = the base model's {recipe.verifier.extraction} accuracy). Intervals: paired "
+        "bootstrap over problems, 95%.", "",
+        *rows, "",
+        f"Training: {recipe.optim.steps} steps of {recipe.optim.prompts_per_step} prompts x {recipe.rollout.group_size} "
+        f"samples; {train_seconds['rl']:.0f} s (RL) and {train_seconds['control']:.0f} s (control) in training steps.", "",
+        "Seconds each stage took:", *[f"- {stage}: {seconds:.0f} s" for stage, seconds in stage_seconds.items()], "",
+    ])
+    (out / "report.md").write_text(text)
+    print(text, flush=True)
 
 
 def run_demo(cfg: DemoConfig, log=sys.stdout) -> Path:

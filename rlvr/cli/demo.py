@@ -13,8 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     it again and writes DIR/report.md with the before/after table and plots. Interrupted? Run the
     same command again: finished stages are skipped and RL resumes from its last checkpoint.
       rlvr demo --out runs/demo
-      rlvr demo rl.steps=20 eval.n=4          # any option, see --print-config"""
+      rlvr demo rl.steps=20 eval.n=4          # any option, see --print-config
+
+    With --model, a real pretrained model instead, through a recipe of configs/ and its random-reward
+    control (evaluate, train, evaluate, train the control, evaluate, report):
+      rlvr demo --model smollm2-135m-instruct --out runs/demo-smollm2"""
     parser.add_argument("--out", help="Directory of everything the demo writes (default: runs/demo).")
+    parser.add_argument("--model", help="Named model or model directory: run the real-model demo with its control.")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Demo options, e.g. rl.steps=20.")
     parser.add_argument("--print-config", action="store_true", help="Print every demo option with its doc and exit.")
     parser.set_defaults(run=run)
@@ -22,12 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rlvr import config
-    from rlvr.demo import DemoConfig, run_demo
+    from rlvr.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    demo_config = config.load(DemoConfig, None, overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    demo_config = config.load(ModelDemoConfig if args.model else DemoConfig, None, overrides)
     if args.print_config:
         print(config.render(demo_config))
         return 0
-    run_demo(demo_config)
+    (run_model_demo if args.model else run_demo)(demo_config)
     return 0
