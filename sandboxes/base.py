@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from rlvr.config import option
 
-STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "sandbox_error")
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "compile_error", "sandbox_error")
 
 # bwrap is started as this unprivileged uid and gid ("nobody") whenever the host side is root, so
 # that RLIMIT_NPROC binds (the kernel exempts uid 0 from it) and host files stay out of reach.
@@ -61,6 +61,8 @@ class Limits:
     max_file_mb: int = option(32, "Largest file a process may write, in MiB (RLIMIT_FSIZE).")
     disk_mb: int = option(64, "Size of each private writable file system (the work dir and /tmp), in MiB.")
     max_output_bytes: int = option(1 << 20, "Bytes kept from each of stdout and stderr; more kills the run (status 'output_limit').")
+    compile_timeout: float = option(30.0, "Wall-clock seconds the compiler of a compiled language (C++) may take, once per program.")
+    compile_memory_mb: int = option(1024, "Memory of the compiler in MiB (address space per process, and the whole tree with cgroups).")
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -93,15 +95,22 @@ class Limits:
 @dataclass(frozen=True)
 class Language:
     """How to run a program of one language: the file the code goes in and the command, run in
-    the work dir. More languages are more entries in :data:`LANGUAGES`."""
+    the work dir. A compiled language also has ``compile``, a command that writes the executable
+    ``binary`` to stdout (so every back-end can hand it back without a file channel); the program
+    is then run as ``./binary``. More languages are more entries in :data:`LANGUAGES`."""
 
     name: str
     filename: str
     argv: tuple[str, ...]
+    compile: tuple[str, ...] = ()
+    binary: str = ""
 
 
 LANGUAGES: dict[str, Language] = {
     "python": Language("python", "main.py", ("python3", "main.py")),
+    # The compiler's own output goes to stderr, where a compile error is reported from.
+    "cpp": Language("cpp", "main.cpp", ("./main",), binary="main", compile=(
+        "sh", "-c", "g++ -std=gnu++17 -O2 -pipe -o main main.cpp 1>&2 && cat main")),
 }
 
 
@@ -117,6 +126,8 @@ class ExecResult:
     wall_time: float
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    # stdout as bytes (an executable from a compiler); not part of the result's repr.
+    stdout_bytes: bytes = dataclasses.field(default=b"", repr=False)
 
     @property
     def truncated(self) -> bool:
@@ -165,6 +176,7 @@ def classify(raw: RawOutcome) -> ExecResult:
         wall_time=raw.wall_time,
         stdout_truncated=raw.stdout_truncated,
         stderr_truncated=raw.stderr_truncated,
+        stdout_bytes=raw.stdout,
     )
 
 
@@ -213,20 +225,22 @@ class Sandbox:
         **limits: Any,
     ) -> ExecResult:
         """Run ``code`` as the main program of ``language`` with ``files`` beside it in a fresh
-        work dir. Unset limits come from the sandbox's defaults. Never raises for anything the
-        program does; a back-end failure is status ``sandbox_error`` with the reason in stderr."""
-        overrides = {key: value for key, value in {"timeout": timeout, "memory_mb": memory_mb, **limits}.items()
-                     if value is not None}
-        run_limits = dataclasses.replace(self.limits, **overrides)
-        try:
-            spec = LANGUAGES[language]
-        except KeyError:
-            raise ValueError(f"unknown language {language!r}; available: {', '.join(LANGUAGES)}") from None
-        all_files = {**check_files(files, spec.filename), spec.filename: code.encode()}
-        stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        work dir (a compiled language is compiled first: status ``compile_error`` if that fails).
+        Unset limits come from the sandbox's defaults. Never raises for anything the program does;
+        a back-end failure is status ``sandbox_error`` with the reason in stderr."""
+        return self.session(code, files=files, language=language).run(stdin, timeout=timeout, memory_mb=memory_mb,
+                                                                      **limits)
+
+    def session(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
+                language: str = "python") -> Session:
+        """One program to run on many inputs (``session.run(stdin)``), compiled once here if its
+        language is compiled; each run is still a fresh process in fresh isolation."""
+        return Session(self, code, files, language)
+
+    def _run_limited(self, argv: list[str], files: dict[str, bytes], stdin: bytes, run_limits: Limits) -> ExecResult:
         started = time.monotonic()
         try:
-            raw = self._execute(list(spec.argv), all_files, stdin_bytes, run_limits)
+            raw = self._execute(argv, files, stdin, run_limits)
         except SandboxError as error:
             return ExecResult("sandbox_error", None, "", str(error), time.monotonic() - started)
         return classify(raw)
@@ -340,6 +354,56 @@ def pump_pipes(stdin_fd: int, stdout_fd: int, stderr_fd: int, *, stdin: bytes, c
         selector.close()
     return Pumped(bytes(outputs[stdout_fd]), bytes(outputs[stderr_fd]), timed_out, overflow[stdout_fd],
                   overflow[stderr_fd])
+
+
+class Session:
+    """A program ready to run: its files checked and, for a compiled language, its executable
+    built (``compile_result`` says how that went). Made by :meth:`Sandbox.session`."""
+
+    def __init__(self, sandbox: Sandbox, code: str, files: Mapping[str, str | bytes] | None, language: str):
+        try:
+            self.language = LANGUAGES[language]
+        except KeyError:
+            raise ValueError(f"unknown language {language!r}; available: {', '.join(LANGUAGES)}") from None
+        self.sandbox = sandbox
+        self.files = {**check_files(files, self.language.filename), self.language.filename: code.encode()}
+        self.compile_result: ExecResult | None = None
+        if self.language.compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        limits = self.sandbox.limits
+        # The executable arrives on stdout: room for the largest file a run may write.
+        compile_limits = dataclasses.replace(limits, timeout=limits.compile_timeout, memory_mb=limits.compile_memory_mb,
+                                             max_output_bytes=max(limits.max_output_bytes, limits.max_file_mb << 20))
+        result = self.sandbox._run_limited(list(self.language.compile), self.files, b"", compile_limits)
+        if result.status == "ok" and result.stdout_bytes:
+            self.files = {name: content for name, content in self.files.items() if name != self.language.filename}
+            self.files[self.language.binary] = result.stdout_bytes
+        elif result.status != "sandbox_error":
+            why = {"timeout": f"the compiler ran out of time ({limits.compile_timeout:g} s)",
+                   "memory": f"the compiler ran out of memory ({limits.compile_memory_mb} MiB)"}.get(result.status)
+            result = dataclasses.replace(result, status="compile_error",
+                                         stderr=result.stderr + (f"\n{why}" if why else ""))
+        result.stdout_bytes = b""
+        result.stdout = ""
+        self.compile_result = result
+
+    @property
+    def compiled(self) -> bool:
+        """False if compiling failed (then every run returns the compile result)."""
+        return self.compile_result is None or self.compile_result.status == "ok"
+
+    def run(self, stdin: str | bytes = "", *, timeout: float | None = None, memory_mb: int | None = None,
+            **limits: Any) -> ExecResult:
+        """One run of the program on ``stdin``, in a fresh process and a fresh work dir."""
+        if not self.compiled:
+            return self.compile_result
+        overrides = {key: value for key, value in {"timeout": timeout, "memory_mb": memory_mb, **limits}.items()
+                     if value is not None}
+        run_limits = dataclasses.replace(self.sandbox.limits, **overrides)
+        stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        return self.sandbox._run_limited(list(self.language.argv), self.files, stdin_bytes, run_limits)
 
 
 def stream_process(

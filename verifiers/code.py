@@ -4,6 +4,10 @@
     checker.verify(completion, {"test": "def check(candidate): ...", "entry_point": "add"})
 
 The program is the last fenced code block of the completion (or the whole text if it has none).
+Its language is the fence's tag: Python (```` ```python ````, ``py``, or no tag) and C++ (``cpp``,
+``c++``, ``cc``, ``cxx``; compiled once per check with g++, then run once per test), listed in
+:data:`LANGUAGES`; any other tag is the verdict ``unsupported_language``, and a program that does
+not compile is ``compile_error``. Function tests (HumanEval, MBPP, functional) are Python only.
 References come in the formats real data sets use:
 
 * HumanEval: ``{"test": "<defines check(candidate)>", "entry_point": name, "prompt": ...}``. If the
@@ -41,13 +45,25 @@ HARNESS = Path(__file__).with_name("_code_harness.py").read_text()
 # Functional (LeetCode-style) programs use typing names without importing them; LiveCodeBench's own
 # runner prepends imports the same way.
 FUNCTIONAL_PRELUDE = "from typing import *\nfrom collections import *\nimport math, heapq, bisect, itertools, functools\n"
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+# Fence tags the verifier accepts, by the sandbox language they run as.
+LANGUAGES = {"python": ("python", "python3", "py", "py3", ""), "cpp": ("cpp", "c++", "cc", "cxx")}
+_LANGUAGE_OF_TAG = {tag: language for language, tags in LANGUAGES.items() for tag in tags}
 
 
 def extract_program(completion: str) -> str:
     """The last fenced code block of ``completion``, or the whole text if there is none."""
+    return extract_program_and_tag(completion)[0]
+
+
+def extract_program_and_tag(completion: str) -> tuple[str, str]:
+    """The last fenced code block and its fence tag (lower case, "" without one); the whole text
+    and "" if there is no block."""
     blocks = _FENCE.findall(completion)
-    return blocks[-1] if blocks else completion
+    if not blocks:
+        return completion, ""
+    tag, program = blocks[-1]
+    return program, (tag.strip().split() or [""])[0].lower()
 
 
 def normalize_output(text: str) -> str:
@@ -86,6 +102,8 @@ def _json_key(key: Any) -> str:
 class CodeVerifier(Verifier):
     """Runs a completion's program against HumanEval / MBPP / stdin / functional tests in a sandbox."""
 
+    languages = tuple(LANGUAGES)
+
     def __init__(self, sandbox: Sandbox | str = "auto", timeout: float = 10.0, memory_mb: int = 512,
                  workers: int = 2, **sandbox_options: Any):
         self.sandbox = sandboxes.get(sandbox, **sandbox_options) if isinstance(sandbox, str) else sandbox
@@ -94,11 +112,19 @@ class CodeVerifier(Verifier):
         self.workers = workers
 
     def verify(self, completion: str, reference: Any) -> Verdict:
-        program = extract_program(completion)
+        program, tag = extract_program_and_tag(completion)
         if isinstance(reference, str):
             reference = json.loads(reference)
         if not program.strip():
             return Verdict(0.0, False, program, "no code", {"passed": 0, "total": _count_tests(reference)})
+        language = _LANGUAGE_OF_TAG.get(tag)
+        function_tests = "entry_point" in reference or "test_list" in reference or any(
+            isinstance(test, dict) and test.get("testtype") == "functional" for test in _io_tests(reference))
+        accepted = ["python"] if function_tests else list(LANGUAGES)
+        if language not in accepted:
+            return Verdict(0.0, False, program, "unsupported_language", {
+                "passed": 0, "total": _count_tests(reference), "language": tag,
+                "accepted": [f"```{tags[0]}" for name, tags in LANGUAGES.items() if name in accepted]})
         if "entry_point" in reference:
             if not _defines(program, reference["entry_point"]) and reference.get("prompt"):
                 program = reference["prompt"] + program
@@ -110,7 +136,7 @@ class CodeVerifier(Verifier):
             spec = {"kind": "mbpp", "tests": tests, "setup": reference.get("test_setup_code", "")}
             return self._run_harness(program, spec, total=len(tests))
         if "tests" in reference:
-            return self._run_io_tests(program, reference)
+            return self._run_io_tests(program, reference, language)
         raise ValueError(
             "code reference must hold HumanEval's 'test'+'entry_point', MBPP's 'test_list', or 'tests' "
             f"(stdin/functional); got keys {sorted(reference)}"
@@ -147,10 +173,8 @@ class CodeVerifier(Verifier):
 
     # --- stdin/stdout and functional tests, compared on the host
 
-    def _run_io_tests(self, program: str, reference: dict[str, Any]) -> Verdict:
-        tests = reference["tests"]
-        if isinstance(tests, str):
-            tests = json.loads(tests)
+    def _run_io_tests(self, program: str, reference: dict[str, Any], language: str) -> Verdict:
+        tests = _io_tests(reference)
         total = len(tests)
         functional = [i for i, test in enumerate(tests) if test.get("testtype") == "functional"]
         passed: set[int] = set()
@@ -173,10 +197,17 @@ class CodeVerifier(Verifier):
                 first = min(set(functional) - passed)
                 return self._io_verdict(program, result, total, passed, first,
                                         failures.get(functional.index(first), "wrong answer"))
-        for index, test in enumerate(tests):
-            if index in functional:
-                continue
-            result = self.sandbox.run(program, stdin=test["input"], timeout=self.timeout, memory_mb=self.memory_mb)
+        stdin_tests = [index for index in range(total) if index not in functional]
+        # One session for all stdin tests: compiled once (C++), each test its own process.
+        session = self.sandbox.session(program, language=language) if stdin_tests else None
+        if session is not None and not session.compiled:
+            result = session.compile_result
+            return Verdict(0.0, False, program, result.status, {
+                "passed": len(passed), "total": total, "status": result.status,
+                "first_failure": {"test": stdin_tests[0], "error": result.stderr[-1000:]}})
+        for index in stdin_tests:
+            test = tests[index]
+            result = session.run(test["input"], timeout=self.timeout, memory_mb=self.memory_mb)
             if result.status == "ok" and normalize_output(result.stdout) == normalize_output(test["output"]):
                 passed.add(index)
                 continue
@@ -190,6 +221,11 @@ class CodeVerifier(Verifier):
         details = {"passed": len(passed), "total": total, "status": result.status,
                    "first_failure": {"test": first, "error": error}}
         return Verdict(0.0, False, program, reason, details)
+
+
+def _io_tests(reference: dict[str, Any]) -> list[dict[str, Any]]:
+    tests = reference.get("tests") or []
+    return json.loads(tests) if isinstance(tests, str) else tests
 
 
 def _count_tests(reference: Any) -> int:
