@@ -210,7 +210,8 @@ def evaluate_with_engine(
     choose the seeds). ``done_rows`` are sample rows of problems finished earlier, which are not sampled
     again but are scored; ``on_rows`` receives the rows of every finished batch of problems (to save them).
     ``rewarder`` is a :class:`rlvr.sampling.Rewarder` (default: one with the evaluation convention
-    :data:`VERIFIER_OPTIONS`). Returns the :func:`score_task` result per task; a math task's result also
+    :data:`VERIFIER_OPTIONS`). Returns the :func:`score_task` result per task, with ``sampling_seconds`` (the
+    time this call spent sampling and verifying it, not counting ``done_rows``); a math task's result also
     holds ``extraction`` (the mode of its headline metrics) and ``strict``, the same metrics scored with
     :data:`STRICT_VERIFIER_OPTIONS` from the same samples.
     """
@@ -236,6 +237,7 @@ def evaluate_with_engine(
             wanted = {example.id for example in examples}
             rows = [row for row in done_by_task.get(task, ()) if row["problem_id"] in wanted]
             finished = {row["problem_id"] for row in rows}
+            task_started = time.monotonic()
             verifier_names = {example.verifier for example in examples}
             math_only = verifier_names == {"math"}
             for start, batch in _pending_batches(examples, finished, problems_per_batch):
@@ -252,6 +254,7 @@ def evaluate_with_engine(
                     progress(f"{task}: {done}/{len(examples)} problems sampled and verified")
             equivalent = answer_equivalence(rewarder.verifier("math")) if math_only else None
             results[task] = score_task(rows, n, ks, equivalent, majority_vote=math_only, seed=seed)
+            results[task]["sampling_seconds"] = round(time.monotonic() - task_started, 3)
             if math_only:
                 results[task]["extraction"] = VERIFIER_OPTIONS["extraction"]
                 results[task]["strict"] = score_task(rows, n, ks, equivalent, seed=seed, suffix="_strict")
@@ -633,6 +636,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
         lines.append(
             f"{task}: {metrics['num_problems']} problems x {metrics['n']} samples, mean length "
             f"{metrics['mean_response_length']:.0f} tokens, {100 * metrics['truncation_rate']:.1f}% truncated"
+            + (f", sampled and verified in {metrics['sampling_seconds']:.0f} s" if "sampling_seconds" in metrics else "")
         )
         scored = [(metrics.get("extraction", "value"), metrics)]
         if "strict" in metrics:
