@@ -141,7 +141,7 @@ def bare_answer(region: str) -> str | None:
 
 
 _LIST_WORDS = {"and"} | set(NUMBER_NAMES)
-_PROSE_NUMBER = re.compile(r"[-+]?(?:\d+(?:[,.]\d+)*|\.\d+)(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b))?")
+_PROSE_NUMBER = re.compile(r"\d{1,2}:\d{2}(?:\s*[ap]\.?m\b\.?)?|[-+]?(?:\d+(?:[,.]\d+)*|\.\d+)(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b))?")
 
 
 def last_prose_number(region: str) -> str | None:
@@ -305,6 +305,8 @@ def normalize(answer: str, *, strip_assignment: bool = True) -> Normalized:
     for left, right in _MATH_DELIMITERS:
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    s = re.sub(r"(\d:\d\d)\s*(?:\\(?:text|mathrm)\s*\{\s*)?([AaPp])\.?\s*[Mm]\b\.?\s*\}?", r"\1\2m", s)  # 3:45 p.m.
+    s = re.sub(r"\\(?:ldots|cdots|dots[cb]?)(?![A-Za-z])|\.\.\.|\u2026", r"\\ldots", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"(\d),\\!\s*(?=\d)|(\d)\{,\}(?=\d)", r"\1\2,", s)

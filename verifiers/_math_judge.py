@@ -177,6 +177,10 @@ _WARM_UP = [  # one of each kind SymPy handles, so that its lazy imports happen 
     ("y=2x+3", "2x+3"),
     ("\\sin^2 x+\\cos^2 x", "1"),
     ("\\sqrt{1/n}", "\\frac{1}{\\sqrt{n}}"),
+    ("(\\frac{1}{5}, 0.5)", "(0.2, \\frac{1}{2})"),
+    ("\\begin{pmatrix}0.5\\\\x\\end{pmatrix}", "\\begin{pmatrix}\\frac12\\\\x\\end{pmatrix}"),
+    ("F_n = \\sum_{k=0}^{n-1} F_k F_{n-k}", "F_n = \\sum_{k=0}^{n-1} F_{n-k} F_k"),
+    ("x \\geq 5", "5 \\leq x"),
 ]
 
 

@@ -56,7 +56,7 @@ def clock_time(pred: Normalized, gold: Normalized, compare: Compare) -> bool | N
     return same_half and [int(x or 0) for x in p.groups()[:3]] == [int(x or 0) for x in g.groups()[:3]]
 
 
-_ELLIPSIS = {"\\ldots", "\\cdots", "\\dots", "..."}
+_ELLIPSIS = {"\\ldots"}  # normalize writes every ellipsis so
 
 
 @rule("listed_items")
@@ -89,16 +89,17 @@ _DECIMAL_COMMA = re.compile(r"([-+]?\d+),(\d+)")
 
 
 def _decimal_comma_reading(latex: str) -> str | None:
-    """``1000,99``, ``1,22``, ``0,111``: a comma that cannot be a thousands separator (not
-    three digits after it, or a leading 0, or more than three digits before it)."""
+    """``1000,99``, ``1,22``, ``0,111``: a comma that is neither a thousands separator nor
+    likely a list: a leading 0, or more than three digits before it, or two digits after it
+    (``1,000`` is a thousand and ``1,5`` may be the list 1, 5)."""
     match = _DECIMAL_COMMA.fullmatch("".join(latex.split()))
     if not match:
         return None
     whole, fraction = match.groups()
     digits = whole.lstrip("+-")
-    if len(fraction) == 3 and not digits.startswith("0") and len(digits) <= 3:
-        return None
-    return f"{whole}.{fraction}"
+    if digits == "0" or len(digits) > 3 or len(fraction) == 2:
+        return f"{whole}.{fraction}"
+    return None
 
 
 @rule("decimal_comma")
