@@ -280,3 +280,20 @@ def test_cli_audit_reports_disagreements(tmp_path, capsys):
     assert "agreement with labels: 2/3" in out
     assert "line 2: label 1, verifier wrong" in out
     assert main(["verify", "math", "--audit", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_cli_audit_against_math_verify(tmp_path, capsys):
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [
+        {"completion": "\\boxed{2}", "reference": "2", "expected": 1},  # both graders agree
+        {"completion": "So $\\boxed{\\text{five}}$.", "reference": "5", "expected": 1},  # math-verify reads a symbol
+        {"completion": "So $\\boxed{3:45 \\text{ am}}$.", "reference": "3:45 pm", "expected": 0},  # m-v reads 3:45
+    ]
+    labelled.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["verify", "math", "--audit", str(labelled), "--against", "math-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "against math-verify: 1/3 verdicts agree, 2 differ" in out
+    assert "line 2: label 1, rlvr correct (extracted '\\\\text{five}'), math-verify not correct" in out
+    assert "line 3: label 0, rlvr wrong (extracted '3:45 \\\\text{ am}'), math-verify correct" in out
+    assert "line 1:" not in out
+    assert main(["verify", "math", "--input", str(labelled), "--against", "math-verify"]) == 2

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       rlvr verify math --completion 'so \\boxed{1/2}' --reference 0.5
       rlvr verify math --input rows.jsonl --output verdicts.jsonl    (rows: completion, reference)
       rlvr verify math --audit labelled.jsonl                        (rows also carry expected: 0/1)
+      rlvr verify math --audit labelled.jsonl --against math-verify  (also list where Math-Verify differs)
     Verifier options go in as --option NAME=VALUE (e.g. --option require_boxed=true)."""
     parser.add_argument("verifier", help="Registered verifier name, e.g. math.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--input", type=Path, help="JSON lines with `completion` and `reference`.")
     source.add_argument("--audit", type=Path, help="JSON lines with `completion`, `reference` and a label `expected`.")
     parser.add_argument("--reference", help="The gold answer for --completion.")
+    parser.add_argument(
+        "--against",
+        choices=sorted(OTHER_GRADERS),
+        help="With --audit: grade every row with this grader too and list each row where its verdict and ours differ.",
+    )
     parser.add_argument("--output", type=Path, help="With --input: write one verdict per row here (JSON lines).")
     parser.add_argument("--workers", type=int, default=None, help="Parallel verifications (default: one per CPU).")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="A verifier option.")
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("--completion needs --reference ANSWER")
         print(json.dumps(asdict(checker.verify(args.completion, args.reference)), ensure_ascii=False))
         return 0
+    if args.against and not args.audit:
+        raise CLIError("--against compares verdicts on an --audit file; give --audit FILE")
     path = args.input or args.audit
     rows = _read_rows(path, need_label=args.audit is not None)
     started = time.perf_counter()
@@ -59,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print("reasons: " + ", ".join(f"{reason} {n}" for reason, n in sorted(stats.reasons.items())))
     if args.audit:
-        return _report_audit(rows, verdicts)
+        status = _report_audit(rows, verdicts)
+        if args.against:
+            _report_against(args.against, rows, verdicts)
+        return status
     return 0
 
 
@@ -77,6 +88,51 @@ def _report_audit(rows: list[dict[str, Any]], verdicts: list[Any]) -> int:
                 f"(extracted {verdict.extracted!r}, reference {row['reference']!r}): {_tail(row['completion'])}"
             )
     return 0 if agree == len(rows) else 1
+
+
+def _math_verify_grades(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Plain Math-Verify (``parse`` + ``verify``, its defaults) on each row, in this process;
+    its own timeouts use signals, which work here because the command runs in the main thread."""
+    import logging
+
+    import math_verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    grades: list[tuple[str, Any]] = []
+    for row in rows:
+        reference = str(row["reference"])
+        gold_text = reference if "$" in reference or "\\boxed" in reference else f"${reference}$"
+        try:
+            gold = math_verify.parse(gold_text, parsing_timeout=5)
+            prediction = math_verify.parse(str(row["completion"]), parsing_timeout=5)
+            correct = math_verify.verify(gold, prediction, timeout_seconds=5)
+        except Exception as error:  # its parser raises on some inputs; the audit reports that
+            grades.append((f"error ({type(error).__name__})", None))
+            continue
+        grades.append(("correct" if correct else "not correct", prediction[-1] if prediction else None))
+    return grades
+
+
+OTHER_GRADERS = {"math-verify": _math_verify_grades}
+
+
+def _report_against(grader: str, rows: list[dict[str, Any]], verdicts: list[Any]) -> None:
+    started = time.perf_counter()
+    grades = OTHER_GRADERS[grader](rows)
+    differ = [
+        (line, row, verdict, grade)
+        for line, (row, verdict, grade) in enumerate(zip(rows, verdicts, grades, strict=True), start=1)
+        if verdict.correct != (grade[0] == "correct")
+    ]
+    print(
+        f"against {grader}: {len(rows) - len(differ)}/{len(rows)} verdicts agree, {len(differ)} differ "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
+    for line, row, verdict, (grade, extracted) in differ:
+        print(
+            f"line {line}: label {int(bool(row['expected']))}, rlvr {verdict.reason} (extracted {verdict.extracted!r}), "
+            f"{grader} {grade} (extracted {str(extracted)!r}), reference {row['reference']!r}: {_tail(row['completion'])}"
+        )
 
 
 def _tail(text: str, width: int = 120) -> str:
