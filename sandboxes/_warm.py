@@ -1,7 +1,8 @@
 """The host side of a warm fork server (``_zygote.py``), shared by the bwrap and docker back-ends.
 
-A back-end starts the server once (inside bwrap, or as a container's main process) with one end
-of a ``SOCK_SEQPACKET`` socket; :class:`ForkServer` then turns each run into one request. The
+A back-end starts the server once (inside bwrap, or as a container's main process) and hands
+back the host's end of a ``SOCK_SEQPACKET`` socket to it; :class:`ForkServer` then turns each run
+into one request. The
 run's data never passes through the server: the host makes the run's pipes, a control socket
 and a memfd with its files, and hands the server only the descriptors, which the forked session
 reads after it has left the server. The host learns the session's host pid from the kernel
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxes._cgroup import Cgroup
-from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, SandboxError, pump_pipes
+from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, SandboxError, executable_file, pump_pipes
 
 ZYGOTE_SOURCE = Path(__file__).with_name("_zygote.py").read_text()
 # Seconds the server gets to start, and a session to set up or to report after a kill.
@@ -54,7 +55,7 @@ class ServerProcess:
 class ForkServer:
     """One warm server; thread-safe; (re)started on first use and whenever it died."""
 
-    def __init__(self, start: Callable[[socket.socket], ServerProcess], what: str):
+    def __init__(self, start: Callable[[], tuple[socket.socket, ServerProcess]], what: str):
         self._start = start
         self.what = what
         self._lock = threading.Lock()
@@ -82,11 +83,7 @@ class ForkServer:
     def _ensure_started(self) -> socket.socket:
         if self._channel is not None:
             return self._channel
-        host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._process = self._start(server_end)
-        finally:
-            server_end.close()
+        host_end, self._process = self._start()
         host_end.settimeout(START_SECONDS)
         try:
             hello = host_end.recv(16)
@@ -119,8 +116,7 @@ class ForkServer:
             # ``python3 FILE`` runs in the warm interpreter instead of starting a new one.
             "python": argv[1] if len(argv) == 2 and argv[0] == "python3" else None,
         }
-        # A program given as ./NAME (a compiled binary among the files) must be executable.
-        executable = argv[0][2:] if argv[0].startswith("./") else None
+        executable = executable_file(argv)
         files_fd = os.memfd_create("sandbox-files")
         control, control_for_run = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

@@ -44,7 +44,8 @@ import types
 
 libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1, 0x4000, 0x40000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    0x1, 0x2, 0x4, 0x8, 0x20, 0x1000, 0x4000, 0x40000)
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
 MAX_REQUEST = 1 << 16
 
@@ -151,6 +152,8 @@ def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd):
             os.close(status_read)
             run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write)
             code = 0
+        except BaseException as error:  # noqa: B036 - the host reports it as a sandbox error
+            os.write(status_write, f"E{error!r}"[:4000].encode())
         finally:
             os._exit(code)
     for fd in (stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
@@ -172,10 +175,13 @@ def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd):
     if timed_out or killed:
         os.kill(init, signal.SIGKILL)  # init's death takes the whole PID namespace
     os.waitpid(init, 0)
-    status = os.read(status_read, 4)
-    wait_status = struct.unpack("i", status)[0] if len(status) == 4 else None
+    status = os.read(status_read, 4096)
+    if status.startswith(b"E"):
+        report = {"error": f"cannot start the run: {status[1:].decode(errors='replace')}"}
+    else:
+        report = {"wait_status": struct.unpack("i", status)[0] if len(status) == 4 else None, "timed_out": timed_out}
     try:
-        control.send(json.dumps({"wait_status": wait_status, "timed_out": timed_out}).encode())
+        control.send(json.dumps(report).encode())
         # Closing with the host's "kill" unread would reset the connection and lose the report:
         # the host hangs up first.
         while control.recv(16):
@@ -192,10 +198,39 @@ def prepare_namespaces(request):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    size = request["disk_bytes"]
-    for path, mode in (("/work", "0755"), ("/tmp", "1777"), ("/dev/shm", "1777")):
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
+    private_writable_mounts(request["disk_bytes"])
+
+
+def private_writable_mounts(size):
+    """Nothing writable may be shared with other runs: the run's /work and /tmp are tmpfs of its
+    own, so is every other writable file system of the outer sandbox (/dev/shm, a container's
+    /var/tmp, ...), /dev itself becomes read-only, and an unknown kind of writable mount is an error."""
+    flag_of = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+    with open("/proc/self/mountinfo") as handle:
+        lines = handle.read().splitlines()
+    own = {"/work": "0755", "/tmp": "1777", **({"/dev/shm": "1777"} if os.path.isdir("/dev/shm") else {})}
+    for target, mode in own.items():
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        fields, rest = fields.split(), rest.split()
+        target = fields[4].replace("\\040", " ")
+        options = fields[5].split(",")
+        fstype = rest[0]
+        if "ro" in options or target in own or target == "/proc" or target.startswith("/proc/") or not os.path.isdir(target):
+            continue
+        flags = MS_NOSUID | MS_NODEV
+        if target == "/dev":
+            kept = sum(flag for name, flag in flag_of.items() if name in options)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+        elif fstype == "tmpfs":
+            mount("tmpfs", target, "tmpfs", flags, f"size={size},mode=1777")
+        elif fstype == "mqueue":
+            mount("mqueue", target, "mqueue", flags | MS_NOEXEC)
+        elif fstype == "devpts":
+            mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        else:
+            raise OSError(f"a writable {fstype} at {target} would be shared between runs")
 
 
 def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
@@ -242,6 +277,7 @@ def run_program(request, stdin_fd, stdout_fd, stderr_fd):
     for name, value in request["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     drop_capabilities()
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # init is not; the program is an ordinary process (as after exec)
     forbid_user_namespaces()
     if request.get("python"):
         run_python(request["python"])

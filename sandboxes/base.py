@@ -185,6 +185,12 @@ def _ends_with_memory_error(stderr: str) -> bool:
     return bool(lines) and lines[-1].startswith("MemoryError")
 
 
+def executable_file(argv: Sequence[str]) -> str | None:
+    """The file among a run's files that must be executable: the program, when it is run as ``./NAME``
+    (a compiled binary)."""
+    return argv[0][2:] if argv and argv[0].startswith("./") else None
+
+
 def check_files(files: Mapping[str, str | bytes] | None, program_name: str) -> dict[str, bytes]:
     """Relative file names (no ``..``) to bytes; the program itself must not be overwritten."""
     result: dict[str, bytes] = {}
@@ -231,11 +237,12 @@ class Sandbox:
         return self.session(code, files=files, language=language).run(stdin, timeout=timeout, memory_mb=memory_mb,
                                                                       **limits)
 
-    def session(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
-                language: str = "python") -> Session:
+    def session(self, code: str, *, files: Mapping[str, str | bytes] | None = None, language: str = "python",
+                **limits: Any) -> Session:
         """One program to run on many inputs (``session.run(stdin)``), compiled once here if its
-        language is compiled; each run is still a fresh process in fresh isolation."""
-        return Session(self, code, files, language)
+        language is compiled; each run is still a fresh process in fresh isolation. ``limits``
+        override the sandbox's defaults for the session (``compile_timeout=``, ...)."""
+        return Session(self, code, files, language, dataclasses.replace(self.limits, **limits))
 
     def _run_limited(self, argv: list[str], files: dict[str, bytes], stdin: bytes, run_limits: Limits) -> ExecResult:
         started = time.monotonic()
@@ -360,19 +367,21 @@ class Session:
     """A program ready to run: its files checked and, for a compiled language, its executable
     built (``compile_result`` says how that went). Made by :meth:`Sandbox.session`."""
 
-    def __init__(self, sandbox: Sandbox, code: str, files: Mapping[str, str | bytes] | None, language: str):
+    def __init__(self, sandbox: Sandbox, code: str, files: Mapping[str, str | bytes] | None, language: str,
+                 limits: Limits):
         try:
             self.language = LANGUAGES[language]
         except KeyError:
             raise ValueError(f"unknown language {language!r}; available: {', '.join(LANGUAGES)}") from None
         self.sandbox = sandbox
+        self.limits = limits
         self.files = {**check_files(files, self.language.filename), self.language.filename: code.encode()}
         self.compile_result: ExecResult | None = None
         if self.language.compile:
             self._compile()
 
     def _compile(self) -> None:
-        limits = self.sandbox.limits
+        limits = self.limits
         # The executable arrives on stdout: room for the largest file a run may write.
         compile_limits = dataclasses.replace(limits, timeout=limits.compile_timeout, memory_mb=limits.compile_memory_mb,
                                              max_output_bytes=max(limits.max_output_bytes, limits.max_file_mb << 20))
@@ -401,7 +410,7 @@ class Session:
             return self.compile_result
         overrides = {key: value for key, value in {"timeout": timeout, "memory_mb": memory_mb, **limits}.items()
                      if value is not None}
-        run_limits = dataclasses.replace(self.sandbox.limits, **overrides)
+        run_limits = dataclasses.replace(self.limits, **overrides)
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
         return self.sandbox._run_limited(list(self.language.argv), self.files, stdin_bytes, run_limits)
 

@@ -87,7 +87,8 @@ class BwrapSandbox(Sandbox):
                  "--chdir", WORK_DIR, "--"]
         return [*drop_privileges_argv(), *argv, PYTHON, "-I", "-B", "/sandbox/zygote.py", str(channel_fd)]
 
-    def _start_server(self, channel: socket.socket) -> ServerProcess:
+    def _start_server(self) -> tuple[socket.socket, ServerProcess]:
+        host_end, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         zygote_fd = os.memfd_create("sandbox-zygote")
         try:
             os.write(zygote_fd, ZYGOTE_SOURCE.encode())
@@ -100,10 +101,12 @@ class BwrapSandbox(Sandbox):
                 )
             except OSError as error:
                 log.close()
+                host_end.close()
                 raise SandboxError(f"could not start bubblewrap ({error}); install it with apt-get install bubblewrap") from error
         finally:
             os.close(zygote_fd)
-        return _BwrapServer(process, log)
+            channel.close()
+        return host_end, _BwrapServer(process, log)
 
     def _execute(self, argv: list[str], files: dict[str, bytes], stdin: bytes, limits: Limits) -> RawOutcome:
         return self._server.execute(argv, files, stdin, limits)

@@ -23,7 +23,16 @@ from typing import Any
 
 from sandboxes import register
 from sandboxes._cgroup import Cgroup
-from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, Sandbox, SandboxError, fresh_run_uid, stream_process
+from sandboxes.base import (
+    SANDBOX_ENV,
+    Limits,
+    RawOutcome,
+    Sandbox,
+    SandboxError,
+    executable_file,
+    fresh_run_uid,
+    stream_process,
+)
 from sandboxes.bwrap import drop_privileges_argv
 
 
@@ -50,6 +59,8 @@ class SubprocessSandbox(Sandbox):
                 path = work_dir / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content)
+                if name == executable_file(argv):
+                    path.chmod(0o755)
             as_user: list[str] = []
             if os.geteuid() == 0:
                 uid = fresh_run_uid()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Services for the docker sandbox back-end where no Docker engine runs: Podman's Docker Engine API
-# on a unix socket, and a Python image built from a Debian root filesystem (no image registry is
-# reachable). Idempotent and fast when everything is in place; exits 0 with a message when it
+# on a unix socket, and an image with python3 and g++ built from a Debian root filesystem (no image
+# registry is reachable). The image's tag names its contents: change both when the contents change,
+# so machines that have the old image build the new one. Idempotent and fast when everything is in place; exits 0 with a message when it
 # cannot set things up, and the docker sandbox tests then skip saying why.
 #   bash scripts/sandbox_setup.sh          # run by scripts/setup.sh
 set -euo pipefail
@@ -12,7 +13,8 @@ say() { printf '[sandbox-setup] %s\n' "$*"; }
 # Keep in sync with sandboxes/docker.py (PODMAN_SOCKET, DEFAULT_IMAGE).
 socket_dir=/run/rlvr
 socket="$socket_dir/podman.sock"
-image="localhost/rlvr-sandbox-python:bookworm"
+image="localhost/rlvr-sandbox:bookworm-python3-gxx"
+packages=python3,g++
 export CONTAINERS_CONF="$PWD/sandboxes/containers.conf"
 
 if [[ $(id -u) != 0 ]]; then
@@ -25,17 +27,17 @@ if ! command -v podman >/dev/null; then
     exit 0
 fi
 
-# --- The Python image, built once per machine (Podman's image store survives across CI runs).
+# --- The image, built once per machine (Podman's image store survives across CI runs).
 if podman image exists "$image"; then
     say "image $image present"
 elif ! command -v debootstrap >/dev/null; then
     say "debootstrap is not installed: cannot build $image; docker sandbox tests will skip."
     exit 0
 else
-    say "building $image from a Debian root filesystem (about a minute, once per machine)"
+    say "building $image from a Debian root filesystem (a few minutes, once per machine)"
     rootfs=$(mktemp -d /var/tmp/rlvr-rootfs.XXXXXX)
     trap 'rm -rf "$rootfs"' EXIT
-    if ! debootstrap --variant=minbase --include=python3 bookworm "$rootfs" \
+    if ! debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" \
         http://deb.debian.org/debian >"$rootfs.log" 2>&1; then
         say "debootstrap failed (see $rootfs.log); docker sandbox tests will skip."
         exit 0

@@ -1,0 +1,241 @@
+"""Runs are isolated from each other on the warm back-ends (bwrap and docker fork every run from one
+server): nothing a run leaves or changes reaches the next run, and a run cannot see or signal a
+run going on at the same time. C++ programs on every back-end."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import warnings
+
+import pytest
+
+import sandboxes
+
+ISOLATING = ["bwrap", "docker"]
+
+
+def _sandbox(name: str, **limits):
+    reason = sandboxes.unavailable_reason(name)
+    if reason:
+        pytest.skip(f"{name} sandbox unavailable here: {reason}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the subprocess back-end warns that it does not isolate
+        return sandboxes.get(name, **limits)
+
+
+@pytest.fixture(scope="module", params=ISOLATING)
+def sandbox(request):
+    box = _sandbox(request.param, timeout=10, memory_mb=256)
+    yield box
+    box.close()
+
+
+# Places a program could leave something for the next one: files in every writable directory, an
+# environment variable, patched modules and builtins, a new module, System V IPC objects, and a
+# daemon that keeps writing.
+LEAVE_TRACES = """
+import builtins, ctypes, json, os, sys, time
+written = []
+for directory in ["/work", ".", "/tmp", "/dev/shm", "/var/tmp", "/run", "/run/lock", "/dev/mqueue", "/dev", "/", "/sandbox",
+                  "/usr", "/etc", "/home", os.path.expanduser("~")]:
+    try:
+        with open(os.path.join(directory, "trace-TOKEN"), "w") as handle:
+            handle.write("TOKEN")
+        written.append(directory)
+    except OSError:
+        pass
+os.environ["TRACE"] = "TOKEN"
+os.putenv("TRACE_PUT", "TOKEN")
+json.dumps = lambda *args, **kwargs: "TOKEN"
+builtins.len = lambda value: 4242
+sys.modules["trace_module"] = type(sys)("trace_module")
+os.getcwd = lambda: "TOKEN"
+libc = ctypes.CDLL(None, use_errno=True)
+shm = libc.shmget(0x7256, 4096, 0o1666)  # IPC_CREAT
+queue = libc.msgget(0x7256, 0o1666)
+print("written", written, "shm", shm, "queue", queue, flush=True)
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        for directory in ["/tmp", "/work"]:
+            try:
+                open(os.path.join(directory, "daemon-TOKEN"), "w").write("TOKEN")
+            except OSError:
+                pass
+        time.sleep(0.01)
+time.sleep(0.2)
+"""
+
+LOOK_FOR_TRACES = """
+import builtins, ctypes, json, os, sys
+found = []
+for top in ["/work", "/tmp", "/dev/shm", "/var/tmp", "/run", "/dev/mqueue", "/dev", "/", "/sandbox"]:
+    try:
+        names = os.listdir(top)
+    except OSError:
+        continue
+    found += [os.path.join(top, name) for name in names if "TOKEN" in name]
+if "TOKEN" in str(dict(os.environ)) or os.environ.get("TRACE") or os.environ.get("TRACE_PUT"):
+    found.append("environment")
+if json.dumps([1]) != "[1]" or len("ab") != 2 or "trace_module" in sys.modules or os.getcwd() == "TOKEN":
+    found.append("patched modules")
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.shmget(0x7256, 0, 0) != -1 or libc.msgget(0x7256, 0) != -1:
+    found.append("System V IPC")
+processes = [pid for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid()]
+print("found", found, "processes", processes)
+"""
+
+
+def test_nothing_one_run_leaves_reaches_the_next(sandbox):
+    token = secrets.token_hex(8)
+    first = sandbox.run(LEAVE_TRACES.replace("TOKEN", token))
+    assert first.status == "ok", first
+    # The traces were really left: the program could write at least its work dir and /tmp.
+    assert "'/work'" in first.stdout and "'/tmp'" in first.stdout and "shm -1" not in first.stdout, first.stdout
+    for _ in range(3):  # the next runs, whichever slot of the server they land in
+        second = sandbox.run(LOOK_FOR_TRACES.replace("TOKEN", token))
+        assert second.status == "ok", second
+        assert second.stdout.startswith("found [] processes"), second.stdout
+        assert token not in second.stdout
+
+
+def test_the_trace_detector_sees_traces_within_one_run(sandbox):
+    # The control for the test above: in the same run, the detector finds what was left.
+    token = secrets.token_hex(8)
+    code = LEAVE_TRACES.replace("time.sleep(0.2)\n", "") + LOOK_FOR_TRACES
+    result = sandbox.run(code.replace("TOKEN", token))
+    found = result.stdout.split("found ", 1)[1]
+    for trace in ("/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC"):
+        assert trace in found, (trace, result.stdout)
+
+
+VICTIM = """
+import os, socket, subprocess, sys, time
+os.environ["VICTIM_SECRET"] = "TOKEN"
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "TOKEN"])
+time.sleep(0.5)  # until the child's command line is its own
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind("\\0victim-TOKEN")
+listener.listen(1)
+tcp = socket.socket()
+try:  # loopback is down in a fresh network namespace
+    tcp.bind(("127.0.0.1", 47123))
+    tcp.listen(1)
+except OSError:
+    pass
+open("/dev/shm/victim-TOKEN", "w").write("TOKEN")
+time.sleep(WAIT)
+print("victim alive", child.poll() is None, flush=True)
+os._exit(0)
+"""
+
+ATTACKER = """
+import ctypes, glob, os, signal, socket
+seen = []
+for path in glob.glob("/proc/*/cmdline") + glob.glob("/proc/*/environ") + glob.glob("/proc/*/mem"):
+    try:
+        with open(path, "rb") as handle:
+            if b"TOKEN" in handle.read(1 << 20):
+                seen.append(path)
+    except OSError:
+        pass
+libc = ctypes.CDLL(None, use_errno=True)
+own = {os.getpid()}
+signalled = []
+for pid in range(1, 5000):
+    if pid in own:
+        continue
+    try:
+        os.kill(pid, 0)
+        signalled.append(pid)
+    except OSError:
+        pass
+    if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+        seen.append(f"ptrace {pid}")
+for address in ["\\0victim-TOKEN"]:
+    try:
+        socket.socket(socket.AF_UNIX).connect(address)
+        seen.append("abstract socket")
+    except OSError:
+        pass
+try:
+    socket.create_connection(("127.0.0.1", 47123), timeout=0.5)
+    seen.append("tcp")
+except OSError:
+    pass
+if os.path.exists("/dev/shm/victim-TOKEN"):
+    seen.append("shm file")
+try:
+    os.kill(-1, signal.SIGKILL)
+except OSError:
+    pass
+print("seen", seen, "signalled", signalled)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_cannot_see_or_signal_a_concurrent_run(sandbox):
+    token = secrets.token_hex(8)
+    victim_result: list = []
+    victim = threading.Thread(target=lambda: victim_result.append(
+        sandbox.run(VICTIM.replace("TOKEN", token).replace("WAIT", "4"))))
+    victim.start()
+    time.sleep(1.5)  # the victim is up (its server start, if any, is behind it)
+    attacker = sandbox.run(ATTACKER.replace("TOKEN", token))
+    victim.join()
+    assert attacker.status == "ok", attacker
+    # Only the attacker's own init is there to signal; nothing of the victim is visible.
+    assert attacker.stdout.strip() in ("seen [] signalled []", "seen [] signalled [1]"), attacker.stdout
+    assert victim_result[0].status == "ok" and victim_result[0].stdout == "victim alive True\n", victim_result[0]
+
+
+def test_the_attacker_sees_a_victim_in_its_own_run(sandbox):
+    # The control for the test above: the attacker finds the victim's traces when they share a run.
+    token = secrets.token_hex(8)
+    victim = VICTIM.replace("time.sleep(WAIT)\nprint(\"victim alive\", child.poll() is None, flush=True)\nos._exit(0)\n", "")
+    result = sandbox.run((victim + ATTACKER).replace("TOKEN", token))
+    seen = result.stdout.split("seen ", 1)[1]
+    # (docker runs have an empty /proc: nothing of any process to read there, their own included)
+    for trace in ("abstract socket", "shm file", *(["cmdline"] if sandbox.name == "bwrap" else [])):
+        assert trace in seen, (trace, result.stdout)
+
+
+# --- C++
+
+
+SUM = "#include <iostream>\nint main() { long long a, b; std::cin >> a >> b; std::cout << a + b << std::endl; }\n"
+
+
+@pytest.fixture(scope="module", params=["bwrap", "docker", "subprocess"])
+def any_sandbox(request):
+    box = _sandbox(request.param, timeout=10, memory_mb=256)
+    if box.run("int main() { return 0; }", language="cpp").status == "compile_error" and request.param == "subprocess":
+        pytest.skip("g++ is not installed on the host (apt-get install g++)")
+    yield box
+    box.close()
+
+
+@pytest.mark.slow
+def test_cpp_is_compiled_once_and_run_per_input(any_sandbox):
+    session = any_sandbox.session(SUM, language="cpp")
+    assert session.compiled and session.compile_result.status == "ok", session.compile_result
+    results = [session.run(stdin) for stdin in ("1 2", "40 2", "-5 5")]
+    assert [(r.status, r.stdout) for r in results] == [("ok", "3\n"), ("ok", "42\n"), ("ok", "0\n")]
+    crash = any_sandbox.run("int main() { volatile int *p = nullptr; return *p; }", language="cpp")
+    assert crash.status == "error" and crash.exit_code == -11  # SIGSEGV
+
+
+@pytest.mark.slow
+def test_cpp_compile_errors_and_limits(any_sandbox):
+    broken = any_sandbox.run("int main() { return undefined_name; }", language="cpp")
+    assert broken.status == "compile_error" and "undefined_name" in broken.stderr and "error" in broken.stderr
+    # The heavy header takes seconds to compile: far more than this budget.
+    heavy = "#include <bits/stdc++.h>\nint main() {}\n"
+    timed_out = any_sandbox.session(heavy, language="cpp", compile_timeout=0.3).compile_result
+    assert timed_out.status == "compile_error" and "ran out of time" in timed_out.stderr, timed_out
+    # SUM compiles under the default limits (test above), not in 24 MiB.
+    starved = any_sandbox.session(SUM, language="cpp", compile_memory_mb=24).compile_result
+    assert starved.status == "compile_error", starved
