@@ -1,9 +1,12 @@
 """Rollout tokens per second: the vLLM engine vs the hf engine, same model, prompts and sampling settings.
 
     .venv/bin/python -m benchmarks.rollout [--engines vllm,hf] [--prompts 64] [--n 8] [--tokens 64] [--repeats 3]
+        [--model smollm2-135m-instruct]
 
-The model is the tiny Qwen2 of ``rlvr.tiny`` (built fresh in a temporary directory; float32 on the CPU);
-the prompts are the first ``--prompts`` lines of its training corpus cut to their first 16 tokens. Each
+The model is the tiny Qwen2 of ``rlvr.tiny`` (built fresh in a temporary directory; float32 on the CPU), or
+``--model``: a model directory or a named model (``rlvr model list``), float32 too. The prompts are the first
+``--prompts`` lines of the tiny model's training corpus cut to their first 16 tokens (a BOS token included
+where the model's tokenizer adds one). Each
 engine runs in its own subprocess (one engine's threads and memory do not disturb the other's). Per engine:
 seconds to start, then ``--repeats`` timed ``generate`` calls (``n`` samples per prompt, up to ``--tokens``
 new tokens, temperature 1, no per-call seed: a seed costs vLLM per-request generators) after one untimed
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", help="model directory or named model (default: the tiny model, built fresh)")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -74,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.child, args.model_dir, args.prompts, args.n, args.tokens, args.repeats)))
         return 0
 
+    from rlvr.models import resolve_model_path
     from rlvr.tiny import build_tiny_model
 
-    print(f"{args.prompts} prompts x n={args.n} x up to {args.tokens} new tokens, {args.repeats} timed calls each")
+    print(f"{args.prompts} prompts x n={args.n} x up to {args.tokens} new tokens, {args.repeats} timed calls each, "
+          f"model {args.model or 'tiny'}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(build_tiny_model(Path(tmp) / "tiny"))
+        model_dir = resolve_model_path(args.model) if args.model else str(build_tiny_model(Path(tmp) / "tiny"))
         for label in args.engines.split(","):
             command = [sys.executable, "-m", "benchmarks.rollout", "--child", label, "--model-dir", model_dir,
                        "--prompts", str(args.prompts), "--n", str(args.n), "--tokens", str(args.tokens),

@@ -1,11 +1,13 @@
 """Seconds per training step: rlvr's trainer vs TRL's ``GRPOTrainer``, side by side in one command.
 
-    .venv/bin/python -m benchmarks.train_step [--engines hf,vllm] [--steps 8] [--warmup 2]
+    .venv/bin/python -m benchmarks.train_step [--engines hf,vllm] [--steps 8] [--warmup 2] [--model NAME_OR_DIR]
 
 Both sides get the same work, and each run is its own subprocess (its peak RSS is its ``VmHWM``):
 - the same model: a Qwen2-architecture model built by ``rlvr.tiny.build_tiny_model`` (default hidden 256,
   4 layers, MLP 768, a BPE vocabulary of 346 learned from the default corpus: about 3.3M parameters), float32
-  on the CPU. TRL's ``GRPOConfig`` turns on bf16 mixed precision by default (``bf16=None`` means "True unless
+  on the CPU; or ``--model``, a model directory or a named model (``rlvr model list``, e.g.
+  ``smollm2-135m-instruct``), copied into the work directory (``--hidden`` and ``--layers`` then do not apply).
+  TRL's ``GRPOConfig`` turns on bf16 mixed precision by default (``bf16=None`` means "True unless
   fp16"), which on a CPU without native bf16 (AVX2 here) made its forward/backward ~16x slower than float32:
   the benchmark sets ``bf16=False``;
 - the same prompts: generated arithmetic (``tasks.load("arithmetic")``), rendered with the ``base`` template;
@@ -70,6 +72,7 @@ class Setup:
     hidden: int = 256
     layers: int = 4
     lr: float = 1e-6
+    model: str = ""  # a model directory or named model instead of the tiny model built from hidden / layers
     gpu_memory_utilization: float = 0.25  # vLLM on the CPU: rlvr reserves at most this share of free RAM for its KV cache (no more than the batch can fill); TRL, this share of node RAM minus its RSS
     threads: int = 0  # torch intra-op threads in both runs; 0 keeps torch's default (one per core)
     seed: int = 0
@@ -113,7 +116,7 @@ def forbid_eos(model_dir: Path) -> None:
 
     Residual dimension 0 is made a positive constant: every token embedding gets ``1.0`` there and no layer
     writes to it (row 0 of every ``o_proj`` and ``down_proj`` zeroed), so after the final RMSNorm it is
-    positive. With tied embeddings that adds the same amount to every token's logit (softmax ignores it),
+    positive (the final norm's scale in that dimension is set to 1: a pretrained one may be negative). With tied embeddings that adds the same amount to every token's logit (softmax ignores it),
     except EOS, whose embedding row becomes ``-100`` in that dimension and zero elsewhere.
     """
     import torch
@@ -129,15 +132,22 @@ def forbid_eos(model_dir: Path) -> None:
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight[0] = 0.0
             layer.mlp.down_proj.weight[0] = 0.0
+        model.model.norm.weight[0] = 1.0
     model.save_pretrained(model_dir)
 
 
 def build_model(model_dir: Path, setup: Setup) -> Path:
+    import shutil
+
+    from rlvr.models import resolve_model_path
     from rlvr.tiny import TinyModelSpec, build_tiny_model
 
-    spec = TinyModelSpec(hidden_size=setup.hidden, intermediate_size=3 * setup.hidden, num_layers=setup.layers,
-                         num_heads=setup.hidden // 32, num_kv_heads=max(1, setup.hidden // 64), seed=setup.seed)
-    build_tiny_model(model_dir, spec)
+    if setup.model:
+        shutil.copytree(resolve_model_path(setup.model), model_dir)
+    else:
+        spec = TinyModelSpec(hidden_size=setup.hidden, intermediate_size=3 * setup.hidden, num_layers=setup.layers,
+                             num_heads=setup.hidden // 32, num_kv_heads=max(1, setup.hidden // 64), seed=setup.seed)
+        build_tiny_model(model_dir, spec)
     forbid_eos(model_dir)
     return model_dir
 

