@@ -28,12 +28,14 @@ def run(args: argparse.Namespace) -> int:
         print(config.render(sft_config))
         return 0
     check_config(sft_config)
+    from rlvr.models import ModelFetchError
+    from rlvr.models.gguf_import import GGUFImportError
     from rlvr.policy import ModelNotFoundError
     from rlvr.sft import train
     from tasks import TaskDataError
 
     try:
         train(sft_config)
-    except (ModelNotFoundError, TaskDataError) as error:
+    except (ModelNotFoundError, ModelFetchError, GGUFImportError, TaskDataError) as error:
         raise CLIError(str(error)) from None
     return 0
