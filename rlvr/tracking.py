@@ -33,22 +33,24 @@ class MetricsLogger:
         tensorboard: bool = False,
         wandb_project: str | None = None,
         config: dict[str, Any] | None = None,
-        stream: TextIO = sys.stdout,
+        stream: TextIO | None = None,
+        wandb_mode: str = "online",
     ):
         self.path = run_dir / "metrics.jsonl"
         self.total_steps = total_steps
-        self.stream = stream
+        self.stream = stream if stream is not None else sys.stdout  # the one of now: a caller may redirect it
         self._started = time.monotonic()
         self._first_step = resume_from_step
         self._truncate_after(resume_from_step)
         self._tensorboard = _tensorboard_writer(run_dir) if tensorboard else None
-        self._wandb = _wandb_run(wandb_project, config, run_dir) if wandb_project else None
+        self._wandb = _wandb_run(wandb_project, config, run_dir, wandb_mode) if wandb_project else None
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record ``metrics`` of training step ``step`` (1-based: the number of updates done)."""
+    def log(self, step: int, metrics: dict[str, float], note: str | None = None) -> None:
+        """Record ``metrics`` of training step ``step`` (1-based: the number of updates done). ``note``: what
+        went unusually (no update, and why); it ends the progress line and is kept in ``metrics.jsonl``."""
         with open(self.path, "a") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
-        print(self.progress_line(step, metrics), file=self.stream, flush=True)
+            handle.write(json.dumps({"step": step, **metrics, **({"note": note} if note else {})}) + "\n")
+        print(self.progress_line(step, metrics) + (f"  [{note}]" if note else ""), file=self.stream, flush=True)
         if self._tensorboard is not None:
             for key, value in metrics.items():
                 self._tensorboard.add_scalar(key, value, step)
@@ -97,9 +99,9 @@ def _tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _wandb_run(project: str, config: dict[str, Any] | None, run_dir: Path):
+def _wandb_run(project: str, config: dict[str, Any] | None, run_dir: Path, mode: str):
     try:
         import wandb
     except ImportError as error:
         raise RuntimeError("logging.wandb_project needs wandb: pip install 'rlvr[track]'") from error
-    return wandb.init(project=project, config=config, dir=str(run_dir))
+    return wandb.init(project=project, config=config, dir=str(run_dir), mode=mode)

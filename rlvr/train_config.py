@@ -121,6 +121,8 @@ class CheckpointConfig:
 class LoggingConfig:
     tensorboard: bool = option(False, "Also write TensorBoard events (needs the `track` extra).")
     wandb_project: str | None = option(None, "Also log to this Weights & Biases project (needs the `track` extra).")
+    wandb_mode: str = option("online", "Weights & Biases mode: online, offline (files in the run directory, `wandb sync` later) or disabled.",
+                             choices=("online", "offline", "disabled"))
 
 
 @dataclass
@@ -136,6 +138,12 @@ class EvalConfig:
 
 
 @dataclass
+class FaultConfig:
+    max_nonfinite_steps: int = option(3, "Stop the run after this many steps in a row whose update was skipped for a NaN/inf loss or gradient.")
+    max_verifier_failure_share: float = option(0.5, "Stop the run when more than this share of a step's verifications error or time out (1: never).")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = option(ModelConfig(), "The policy model.")
     data: DataConfig = option(DataConfig(), "Training prompts.")
@@ -146,3 +154,4 @@ class TrainConfig:
     checkpoint: CheckpointConfig = option(CheckpointConfig(), "Checkpoints and run directory.")
     logging: LoggingConfig = option(LoggingConfig(), "Metric sinks beyond metrics.jsonl.")
     eval: EvalConfig = option(EvalConfig(), "Periodic evaluation during training.")
+    faults: FaultConfig = option(FaultConfig(), "What a run does about NaNs and failing verifiers (stop signals: a checkpoint, then exit).")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from rlvr.config import ConfigError
+from rlvr.faults import RunStopped
 from rlvr.registry import Registry, RegistryError
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ConfigError, RegistryError) as error:
         print(f"rlvr {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as error:  # a fault or a stop signal the run handled: the message says what to do next
+        print(f"rlvr {args.command}: stopped: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print(f"rlvr {args.command}: interrupted", file=sys.stderr)
         return 130
