@@ -255,7 +255,7 @@ def worker(side: str, engine: str, model_dir: Path, setup: Setup, work: Path) ->
 
 def launch(side: str, engine: str, model_dir: Path, setup: Setup, work: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", side, "--engine", engine,
-               "--model", str(model_dir), "--work", str(work), "--setup", json.dumps(dataclasses.asdict(setup))]
+               "--model-dir", str(model_dir), "--work", str(work), "--setup", json.dumps(dataclasses.asdict(setup))]
     log = work / f"{side}-{engine}.log"
     with log.open("w") as output:
         code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent).returncode
@@ -283,12 +283,12 @@ def main() -> None:
                             default=getattr(defaults, field.name))
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
-    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.engine, args.model, Setup(**json.loads(args.setup)), args.work)
+        worker(args.worker, args.engine, args.model_dir, Setup(**json.loads(args.setup)), args.work)
         return
 
     setup = Setup(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Setup)})
