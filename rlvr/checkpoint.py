@@ -1,14 +1,19 @@
 """Checkpoints that survive a crash at any moment.
 
 A checkpoint is a directory ``step-000050/`` holding the model and tokenizer in Hugging Face
-format (so ``from_pretrained`` and vLLM load it as it is) and ``trainer_state.pt`` (optimizer,
-scheduler, RNG states, data position, step). It is written under a temporary name and renamed into
-place, then the ``latest`` file is replaced atomically: a process killed mid-save leaves the
-previous checkpoint as the latest, intact.
+format (so ``from_pretrained`` and vLLM load it as it is), ``trainer_state.pt`` (scheduler, RNG
+states, data position, step) and ``optimizer/``, the optimizer state in ``torch.distributed.checkpoint``
+format. It is written under a temporary name and renamed into place, then the ``latest`` file is
+replaced atomically: a process killed mid-save leaves the previous checkpoint as the latest, intact.
+
+Data-parallel, the model is gathered from its FSDP shards and written once, by rank 0; each rank writes
+its own shard of the optimizer state, keyed by parameter name, so a resume with another number of
+ranks (or one process) reads the same checkpoint, resharded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -18,33 +23,92 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
+
+from rlvr.distributed import SINGLE, World, barrier, unwrapped
+from rlvr.faults import CheckpointNotWritten
+
+# What a failed save raises: torch.distributed.checkpoint wraps each rank's error (an OSError for a full disk)
+# in a CheckpointException, which derives from BaseException.
+WRITE_ERRORS = (Exception, CheckpointException)
 
 STATE_FILE = "trainer_state.pt"
+OPTIMIZER_DIR = "optimizer"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def save(
-    run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep_last: int = 0
+    run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep_last: int = 0,
+    optimizer: torch.optim.Optimizer | None = None, world: World = SINGLE,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune older ones beyond ``keep_last`` (0: keep all)."""
+    """Write checkpoint ``step`` atomically and prune older ones beyond ``keep_last`` (0: keep all).
+
+    Every rank calls it (collectives: gathering the model, writing the optimizer shards); ``run_dir`` must be
+    one directory all ranks see (a shared file system across machines)."""
     final = run_dir / f"step-{step:06d}"
     staging = run_dir / f".step-{step:06d}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    state = {"step": step, "rng": _rng_states(), **trainer_state}
-    torch.save(state, staging / STATE_FILE)
-    _fsync_tree(staging)
-    if final.exists():  # a re-run of the same step after a resume: the new one replaces it
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    _write_atomically(run_dir / LATEST_FILE, final.name)
-    if keep_last > 0:
-        for old in _complete_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    if world.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier(world)
+    _save_model(staging, model, world)
+    if optimizer is not None:
+        save_optimizer(staging / OPTIMIZER_DIR, model, optimizer)
+    barrier(world)
+    if world.is_main:
+        tokenizer.save_pretrained(staging)
+        state = {"step": step, "rng": _rng_states(), **trainer_state}
+        torch.save(state, staging / STATE_FILE)
+        _fsync_tree(staging)
+        if final.exists():  # a re-run of the same step after a resume: the new one replaces it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _write_atomically(run_dir / LATEST_FILE, final.name)
+        if keep_last > 0:
+            for old in _complete_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier(world)
     return final
+
+
+def _save_model(directory: Path, model, world: World) -> None:
+    """The Hugging Face model directory, written by rank 0 (from the gathered full weights when sharded)."""
+    if not world.distributed:
+        model.save_pretrained(directory)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    module = unwrapped(model)
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.is_main:
+        # a tied weight (the LM head that is the input embedding) is saved once, as save_pretrained does itself
+        tied = ({name for name, _ in module.named_parameters(remove_duplicate=False)}
+                - {name for name, _ in module.named_parameters()})
+        module.save_pretrained(directory, state_dict={name: value for name, value in full.items() if name not in tied})
+
+
+def save_optimizer(directory: Path, model, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer state keyed by parameter name, each rank writing its shard (``torch.distributed.checkpoint``)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"optimizer": get_optimizer_state_dict(unwrapped(model), optimizer)}, checkpoint_id=str(directory))
+
+
+def load_optimizer(checkpoint_dir: Path, model, optimizer: torch.optim.Optimizer) -> None:
+    """Restore the optimizer state saved with a checkpoint, resharded onto this run's ranks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    directory = checkpoint_dir / OPTIMIZER_DIR
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{checkpoint_dir} has no {OPTIMIZER_DIR}/ (a checkpoint from an older rlvr?); "
+                                "start a new run from its model directory instead of --resume")
+    module = unwrapped(model)
+    state = {"optimizer": get_optimizer_state_dict(module, optimizer)}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_optimizer_state_dict(module, optimizer, state["optimizer"])
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -100,7 +164,33 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     """Flush the files to disk before the rename makes them visible (a power cut, not just a kill)."""
-    for file in directory.iterdir():
+    for file in directory.rglob("*"):
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def failed(run_dir: Path, step: int, error: BaseException) -> CheckpointNotWritten:
+    """The error to raise when :func:`save` of ``step`` failed (a full disk, a lost mount): its partial
+    directory is removed, freeing what it took; the last complete checkpoint was never touched."""
+    shutil.rmtree(run_dir / f".step-{step:06d}.partial", ignore_errors=True)
+    good = latest(run_dir)
+    kept = f"the last good checkpoint is {good}, intact" if good else "no earlier checkpoint exists"
+    os_error = _os_error(error)
+    cause = "the disk is full" if os_error is not None and os_error.errno == errno.ENOSPC else f"{type(error).__name__}: {error}"
+    return CheckpointNotWritten(f"checkpoint step-{step:06d} could not be written to {run_dir} ({cause}); {kept}. "
+                                "Free space (or point checkpoint.output_dir elsewhere) and run again with --resume")
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error``: itself, its cause, or (torch.distributed.checkpoint wraps each rank's
+    exception in a CheckpointException) one of its ``failures``."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        for failure in getattr(error, "failures", {}).values():
+            inner = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(inner, OSError):
+                return inner
+        error = error.__cause__ or error.__context__
+    return None

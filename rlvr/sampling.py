@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 import verifiers
+from rlvr import distributed
 from rlvr.algorithms import dynamic_sampling_mask
+from rlvr.distributed import SINGLE, World
 from rlvr.rollout.base import Completion, RolloutEngine
 from rlvr.train_config import TrainConfig
 
@@ -151,9 +153,14 @@ def generate_and_score(engine: RolloutEngine, prompt_token_ids: list[list[int]],
 
 @dataclass
 class Rollouts:
-    """Scored samples of one step, groups contiguous (``group_size`` samples per prompt)."""
+    """Scored samples of one step, groups contiguous (``group_size`` samples per prompt).
+
+    Data-parallel, each rank holds its own groups of the step's batch: ``positions`` (filled by
+    :func:`collect_rollouts`) are its samples' places in the whole batch of ``total_groups`` groups."""
 
     group_size: int
+    total_groups: int = 0
+    positions: list[int] = field(default_factory=list)
     prompt_ids: list[list[int]] = field(default_factory=list)
     completion_ids: list[list[int]] = field(default_factory=list)
     sampler_logprobs: list[list[float]] = field(default_factory=list)
@@ -201,52 +208,70 @@ def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: Trai
     return rollouts, timings
 
 
-def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: TrainConfig, step: int) -> tuple[Rollouts, dict[str, float]]:
+def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: TrainConfig, step: int,
+                     world: World = SINGLE) -> tuple[Rollouts, dict[str, float]]:
     """Sample until ``prompts_per_step`` groups carry signal (DAPO dynamic sampling), or the
-    extra-round budget is spent. With dynamic sampling off, every group is kept."""
-    wanted = config.optim.prompts_per_step
-    kept = Rollouts(config.rollout.group_size)
-    everything = Rollouts(config.rollout.group_size)  # for metrics: all samples drawn this step
+    extra-round budget is spent. With dynamic sampling off, every group is kept.
+
+    Data-parallel, every rank takes the same prompts from its copy of the stream and samples its contiguous
+    share of them, seeded by their places in the round (so the samples are those of one process); the
+    ranks' signal masks are gathered, so every rank keeps the same groups of the whole round and takes the
+    same decision about another round."""
+    wanted, size = config.optim.prompts_per_step, config.rollout.group_size
+    kept = Rollouts(size)
+    everything = Rollouts(size)  # for metrics: all samples this rank drew this step
     timings: Counter[str] = Counter()
     rounds = 0
-    while len(kept) < wanted * config.rollout.group_size and rounds <= config.algorithm.max_sampling_rounds:
+    while kept.total_groups < wanted and rounds <= config.algorithm.max_sampling_rounds:
         prompts = stream.take(wanted)
-        rollouts, round_timings = sample_round(engine, prompts, rewarder, config, seed=config.optim.seed * 100_003 + step * 101 + rounds)
+        mine = distributed.shard(len(prompts), world)
+        seed = config.optim.seed * 100_003 + step * 101 + rounds + mine.start * size  # the engines seed prompt i with seed + i * n
+        rollouts, round_timings = sample_round(engine, prompts[mine.start : mine.stop], rewarder, config, seed=seed)
         timings.update(round_timings)
-        everything.extend_groups(rollouts, list(range(len(prompts))))
-        rewards = torch.tensor(rollouts.rewards)
+        everything.extend_groups(rollouts, list(range(len(mine))))
         if config.algorithm.dynamic_sampling:
-            signal = dynamic_sampling_mask(rewards, config.rollout.group_size)
+            signal = dynamic_sampling_mask(torch.tensor(rollouts.rewards), size).tolist()
         else:
-            signal = torch.ones(len(prompts), dtype=torch.bool)
-        room = wanted - len(kept) // config.rollout.group_size
-        kept.extend_groups(rollouts, signal.nonzero().flatten().tolist()[:room])
+            signal = [True] * len(mine)
+        whole_round = [flag for rank_signal in distributed.all_gather(world, signal) for flag in rank_signal]
+        chosen = [index for index, flag in enumerate(whole_round) if flag][: wanted - kept.total_groups]
+        for place, index in enumerate(chosen, start=kept.total_groups):
+            if index in mine:
+                kept.extend_groups(rollouts, [index - mine.start])
+                kept.positions.extend(range(place * size, (place + 1) * size))
+        kept.total_groups += len(chosen)
         rounds += 1
         if not config.algorithm.dynamic_sampling:
             break
-    metrics = sample_metrics(everything, kept, rounds)
-    metrics.update(timings)
+    metrics = sample_metrics(everything, kept.total_groups, rounds, world)
+    names = sorted(timings)  # the slowest rank's times: what the step waited for
+    metrics.update(zip(names, distributed.reduce(world, [timings[name] for name in names], "max"), strict=True))
     return kept, metrics
 
 
-def sample_metrics(everything: Rollouts, kept: Rollouts, rounds: int) -> dict[str, float]:
-    """Reward, accuracy (overall and per verifier), lengths and verifier failures over all samples drawn."""
-    rewards = torch.tensor(everything.rewards)
-    lengths = everything.lengths
-    total_groups = len(everything) // everything.group_size
+def sample_metrics(everything: Rollouts, kept_groups: int, rounds: int, world: World = SINGLE) -> dict[str, float]:
+    """Reward, accuracy (overall and per verifier), lengths and verifier failures over all samples drawn
+    (by every rank)."""
+    columns = {"rewards": everything.rewards, "correct": everything.correct, "truncated": everything.truncated,
+               "reasons": everything.reasons, "verifier_names": everything.verifier_names,
+               "lengths": [len(ids) for ids in everything.completion_ids]}
+    drawn = {name: [value for rank_columns in distributed.all_gather(world, columns) for value in rank_columns[name]]
+             for name in columns} if world.distributed else columns
+    rewards, lengths, correct = torch.tensor(drawn["rewards"]), torch.tensor(drawn["lengths"], dtype=torch.float32), drawn["correct"]
     metrics = {
         "reward/mean": rewards.mean().item(),
-        "accuracy": sum(everything.correct) / len(everything),
+        "accuracy": sum(correct) / len(correct),
         "response_length/mean": lengths.mean().item(),
         "response_length/max": lengths.max().item(),
-        "response_length/truncated_fraction": sum(everything.truncated) / len(everything),
-        "groups/kept_fraction": (len(kept) // kept.group_size) / total_groups,
+        "response_length/truncated_fraction": sum(drawn["truncated"]) / len(correct),
+        "groups/kept_fraction": kept_groups / (len(correct) // everything.group_size),
         "groups/sampling_rounds": float(rounds),
     }
-    for name in sorted(set(everything.verifier_names)):
-        picked = [c for c, v in zip(everything.correct, everything.verifier_names, strict=True) if v == name]
+    for name in sorted(set(drawn["verifier_names"])):
+        picked = [c for c, v in zip(correct, drawn["verifier_names"], strict=True) if v == name]
         metrics[f"accuracy/{name}"] = sum(picked) / len(picked)
-    verdicts = verifiers.BatchStats(len(everything), sum(everything.correct), dict(Counter(everything.reasons)))
+    verdicts = verifiers.BatchStats(len(correct), sum(correct), dict(Counter(drawn["reasons"])))
     metrics["verifier/timeouts"] = float(verdicts.timeouts)
     metrics["verifier/errors"] = float(verdicts.errors)
+    metrics["verifier/failure_share"] = (verdicts.timeouts + verdicts.errors) / len(correct)  # see faults.check_verifier_failures
     return metrics

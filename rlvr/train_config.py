@@ -138,6 +138,11 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    timeout: float = option(1800.0, "Data-parallel runs (torchrun): seconds a rank waits in a collective for the others before the job fails (a dead or stuck rank).")
+
+
+@dataclass
 class FaultConfig:
     max_nonfinite_steps: int = option(3, "Stop the run after this many steps in a row whose update was skipped for a NaN/inf loss or gradient.")
     max_verifier_failure_share: float = option(0.5, "Stop the run when more than this share of a step's verifications error or time out (1: never).")
@@ -155,3 +160,4 @@ class TrainConfig:
     logging: LoggingConfig = option(LoggingConfig(), "Metric sinks beyond metrics.jsonl.")
     eval: EvalConfig = option(EvalConfig(), "Periodic evaluation during training.")
     faults: FaultConfig = option(FaultConfig(), "What a run does about NaNs and failing verifiers (stop signals: a checkpoint, then exit).")
+    distributed: DistributedConfig = option(DistributedConfig(), "Data-parallel training across processes (see docs/distributed.md).")

@@ -12,11 +12,13 @@ import torch
 
 import rlvr.rollout
 import tasks
-from rlvr import checkpoint, config
+from rlvr import checkpoint, config, distributed, faults
 from rlvr.algorithms import compute_advantages, shape_rewards
+from rlvr.distributed import SINGLE, World
 from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
 from rlvr.models import resolve_model_path
 from rlvr.policy import load_policy
+from rlvr.rollout.base import resolve_dtype
 from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
 from rlvr.tracking import MetricsLogger
 from rlvr.train_config import TrainConfig
@@ -24,31 +26,46 @@ from rlvr.update import TrainBatch, per_sample_logprobs, update_policy
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train according to ``cfg``; returns the directory of the final checkpoint."""
+    """Train according to ``cfg``; returns the directory of the final checkpoint. Started by torchrun, this
+    process is one rank of a data-parallel job (see :mod:`rlvr.distributed`)."""
     config.validate(cfg)  # a config built in Python has not been through the loader's checks
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model.path, cfg.model.cache_dir)))
+    world = distributed.init(cfg.distributed.timeout)
+    try:
+        return _train(cfg, resume, world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
+    check_world(cfg, world)
     run_dir = Path(cfg.checkpoint.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.render(cfg) + "\n")
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(config.render(cfg) + "\n")
     torch.manual_seed(cfg.optim.seed)
 
     resume_from = checkpoint.latest(run_dir) if resume else None
     policy, tokenizer = load_policy(str(resume_from or cfg.model.path), cfg.model.dtype, cfg.model.gradient_checkpointing,
                                     cfg.model.cpu_threads)
     reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef else None
+    compute_dtype = getattr(torch, resolve_dtype(cfg.model.dtype, torch.cuda.is_available()))
+    policy = distributed.shard_policy(policy, world, compute_dtype)
+    reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
     stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
     optimizer, scheduler = build_optimizer(policy, cfg)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     start_step = 0
     if resume_from is not None:
         state = checkpoint.load_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.load_optimizer(resume_from, policy, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state_dict(state["data"])
         generator.set_state(state["update_rng"])
         start_step = state["step"]
-        print(f"resuming from {resume_from} (step {start_step})", flush=True)
-    elif resume:
+        if world.is_main:
+            print(f"resuming from {resume_from} (step {start_step})", flush=True)
+    elif resume and world.is_main:
         print(f"no checkpoint in {run_dir}: starting from step 0", flush=True)
 
     engine = rlvr.rollout.get(cfg.rollout.engine)(
@@ -58,43 +75,73 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size, **cfg.rollout.engine_options,
     )
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
-    rewarder = Rewarder(verifier_options(cfg), cfg.verifier.workers, cfg.verifier.options)
+    rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
-                           cfg.logging.wandb_project, config.to_dict(cfg))
+                           cfg.logging.wandb_project, config.to_dict(cfg), wandb_mode=cfg.logging.wandb_mode) if world.is_main else None
     last_saved = None
+    nonfinite = faults.NonFiniteGuard(cfg.faults.max_nonfinite_steps)
+    stop = faults.StopSignals().install()
     try:
         for step in range(start_step + 1, cfg.optim.steps + 1):
             started = time.monotonic()
             engine.wake_up()
-            rollouts, metrics = collect_rollouts(engine, stream, rewarder, cfg, step)
+            rollouts, metrics = collect_rollouts(engine, stream, rewarder, cfg, step, world)
             engine.sleep()
-            if len(rollouts) == 0:
-                print(f"step {step}: no group carried signal after all sampling rounds; no update", flush=True)
+            faults.check_verifier_failures(step, metrics, cfg.faults.max_verifier_failure_share, world)
+            note, metrics["update/nothing_to_learn"] = None, 1.0
+            if rollouts.total_groups == 0:
+                note = "no update: no group carried signal after all sampling rounds"
             else:
-                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id)
+                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id, world)
                 metrics.update(shaping_metrics)
-                train_started = time.monotonic()
-                metrics.update(update_policy(policy, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id, generator))
-                sync_started = time.monotonic()
-                engine.update_weights((name, p.detach()) for name, p in policy.named_parameters())
-                metrics["time/train"] = sync_started - train_started
-                metrics["time/weight_sync"] = time.monotonic() - sync_started
-            if cfg.eval.every and step % cfg.eval.every == 0:
+                if metrics["samples/in_loss"] == 0:
+                    note = "no update: every sample is masked out of the loss (overlong_filter: all truncated)"
+                else:
+                    metrics["update/nothing_to_learn"] = 0.0
+                    train_started = time.monotonic()
+                    metrics.update(update_policy(policy, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id, generator, world))
+                    sync_started = time.monotonic()
+                    engine.update_weights(distributed.full_parameters(policy))
+                    metrics["time/train"] = sync_started - train_started
+                    metrics["time/weight_sync"] = time.monotonic() - sync_started
+                    if metrics["update/nonfinite_skipped"]:
+                        note = (f"{metrics['update/nonfinite_skipped']:.0f} update(s) skipped: non-finite loss or gradient "
+                                f"(stop after {cfg.faults.max_nonfinite_steps} steps in a row)")
+            if cfg.eval.every and step % cfg.eval.every == 0 and world.is_main:  # the other ranks wait for it
                 metrics.update(evaluate_during_training(engine, tokenizer, eval_examples, cfg, run_dir, step))
             metrics["time/step"] = time.monotonic() - started
-            metrics["tokens_per_second"] = sum(map(len, rollouts.completion_ids)) / metrics["time/step"]
-            logger.log(step, metrics)
-            if step % cfg.checkpoint.every == 0 or step == cfg.optim.steps:
-                last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data": stream.state_dict(), "update_rng": generator.get_state(),
-                }, cfg.checkpoint.keep_last)
+            tokens = distributed.reduce(world, [sum(map(len, rollouts.completion_ids))])[0]
+            metrics["tokens_per_second"] = tokens / metrics["time/step"]
+            if logger is not None:
+                logger.log(step, metrics, note)
+            nonfinite.observe(step, metrics.get("update/nonfinite_skipped", 0.0))
+            stopping = stop.requested(world) and step < cfg.optim.steps  # a preemption signal: checkpoint, exit
+            if stopping or step % cfg.checkpoint.every == 0 or step == cfg.optim.steps:
+                faults.require_finite_weights(policy.named_parameters(), world)
+                try:
+                    last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
+                        "scheduler": scheduler.state_dict(), "data": stream.state_dict(), "update_rng": generator.get_state(),
+                    }, cfg.checkpoint.keep_last, optimizer, world)
+                except checkpoint.WRITE_ERRORS as error:  # a full disk, a lost mount: the last good one stays the latest
+                    raise checkpoint.failed(run_dir, step, error) from error
+            if stopping:
+                raise stop.interrupted(step, last_saved)
     finally:
+        stop.restore()
         engine.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     final = last_saved or checkpoint.latest(run_dir)
-    (run_dir / "final").write_text(str(final.name if final else "") + "\n")
+    if world.is_main:
+        (run_dir / "final").write_text(str(final.name if final else "") + "\n")
     return final
+
+
+def check_world(cfg: TrainConfig, world: World) -> None:
+    """Every rank needs at least one prompt of each sampling round."""
+    if cfg.optim.prompts_per_step < world.size:
+        raise ValueError(f"optim.prompts_per_step={cfg.optim.prompts_per_step} is less than the {world.size} ranks of this "
+                         "job: each rank samples a share of a step's prompts; raise it or start fewer ranks")
 
 
 def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
@@ -134,24 +181,34 @@ def evaluate_during_training(engine, tokenizer, examples: dict[str, list], cfg: 
     return logging_metrics(results)
 
 
-def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int) -> tuple[TrainBatch, dict[str, float]]:
-    """Shape rewards for length, compute group advantages, and the log-probs the loss compares to."""
+def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int,
+                      world: World = SINGLE) -> tuple[TrainBatch, dict[str, float]]:
+    """Shape rewards for length, compute group advantages, and the log-probs the loss compares to.
+
+    Shaping and advantages are computed over the whole batch (every rank's scores, in batch order: some
+    estimators normalise over the batch), then each rank keeps its samples' values."""
+    scores = distributed.gather_by_position(world, rollouts.positions, {
+        "rewards": rollouts.rewards, "lengths": [len(ids) for ids in rollouts.completion_ids],
+        "truncated": rollouts.truncated, "correct": rollouts.correct,
+    })
     shaped, sample_mask = shape_rewards(
-        torch.tensor(rollouts.rewards), rollouts.lengths, torch.tensor(rollouts.truncated), rollouts.group_size,
-        max_len=cfg.rollout.max_new_tokens, correct=torch.tensor(rollouts.correct),
+        torch.tensor(scores["rewards"]), torch.tensor(scores["lengths"], dtype=torch.float32), torch.tensor(scores["truncated"]),
+        rollouts.group_size, max_len=cfg.rollout.max_new_tokens, correct=torch.tensor(scores["correct"]),
         **dataclasses.asdict(cfg.algorithm.length),
     )
+    mine = torch.tensor(rollouts.positions, dtype=torch.long)
     batch = TrainBatch(
         prompt_ids=rollouts.prompt_ids, completion_ids=rollouts.completion_ids,
-        advantages=compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator),
-        sample_mask=sample_mask.float(), sampler_logprobs=rollouts.sampler_logprobs,
+        advantages=compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator)[mine],
+        sample_mask=sample_mask.float()[mine], sampler_logprobs=rollouts.sampler_logprobs,
+        positions=rollouts.positions, global_size=len(shaped),
     )
     everyone = list(range(len(batch)))
-    mini_batches = -(-len(batch) // cfg.optim.mini_batch_size)
+    mini_batches = -(-len(shaped) // cfg.optim.mini_batch_size)
     if cfg.optim.ppo_epochs > 1 or mini_batches > 1 or cfg.algorithm.tis_cap is not None:
-        batch.old_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id)
+        batch.old_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id, world)
     if reference is not None:
-        batch.ref_logprobs = per_sample_logprobs(reference, batch, everyone, cfg, pad_id)
+        batch.ref_logprobs = per_sample_logprobs(reference, batch, everyone, cfg, pad_id, world)
     metrics = {"reward/shaped_mean": shaped.mean().item(), "samples/in_loss": sample_mask.float().sum().item()}
     return batch, metrics
 

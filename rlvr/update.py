@@ -3,19 +3,23 @@ step each) of length-bucketed micro-batches (one forward/backward each)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from rlvr import faults
 from rlvr.algorithms import aggregate_loss, kl_penalty, policy_loss, truncated_is_weights
+from rlvr.distributed import SINGLE, ShardedPolicy, World, clip_grad_norm, combine_metrics, reduce, token_stats
 from rlvr.policy import TokenStats, can_share_prompts, completion_logprobs, shared_prompt_logprobs
 from rlvr.train_config import TrainConfig
 
 
 @dataclass
 class TrainBatch:
-    """Everything the loss needs, per sample (N samples)."""
+    """Everything the loss needs, per sample (N samples).
+
+    In a data-parallel run a rank holds only its samples of the whole batch: ``positions`` are their places
+    in the whole batch of ``global_size`` samples (None: this is the whole batch, in order)."""
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
@@ -24,9 +28,15 @@ class TrainBatch:
     sampler_logprobs: list[list[float]]
     old_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when the update is off-policy
     ref_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when a KL penalty is on
+    positions: list[int] | None = None
+    global_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    def local_index(self) -> dict[int, int]:
+        """Whole-batch position -> index into this batch, for the samples this rank holds."""
+        return {position: index for index, position in enumerate(self.positions or range(len(self)))}
 
 
 @dataclass
@@ -87,14 +97,14 @@ def micro_batch_stats(model, prompt_ids: list[list[int]], completion_ids: list[l
     Rows that share a prompt (a GRPO group) run the prompt once (:func:`rlvr.policy.shared_prompt_logprobs`)
     unless gradient checkpointing rules that out; otherwise every row is one padded sequence."""
     device = next(model.parameters()).device
-    if can_share_prompts(model) and len(set(map(tuple, prompt_ids))) < len(prompt_ids):
+    if _shares_prompts(model) and len(set(map(tuple, prompt_ids))) < len(prompt_ids):
         shared = pack_shared(prompt_ids, completion_ids, pad_id, device)
-        stats = shared_prompt_logprobs(model, shared.prompt_ids, shared.prompt_mask, shared.prompt_index,
-                                       shared.completion_ids, shared.completion_mask, temperature, entropy_grad)
+        stats = token_stats(model, shared_prompt_logprobs, shared.prompt_ids, shared.prompt_mask, shared.prompt_index,
+                            shared.completion_ids, shared.completion_mask, temperature, entropy_grad)
         return stats, shared.completion_mask
     packed = pack(prompt_ids, completion_ids, pad_id, device)
-    stats = completion_logprobs(model, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
-                                packed.completion_ids, packed.completion_mask, temperature, entropy_grad)
+    stats = token_stats(model, completion_logprobs, packed.input_ids, packed.attention_mask, packed.prompt_lengths,
+                        packed.completion_ids, packed.completion_mask, temperature, entropy_grad)
     return stats, packed.completion_mask
 
 
@@ -144,10 +154,14 @@ def loss_denominator(agg: str, completion_lengths: list[int]) -> float:
 
 
 @torch.no_grad()
-def per_sample_logprobs(model, batch: TrainBatch, indices: list[int], config: TrainConfig, pad_id: int) -> list[torch.Tensor]:
+def per_sample_logprobs(model, batch: TrainBatch, indices: list[int], config: TrainConfig, pad_id: int,
+                        world: World = SINGLE) -> list[torch.Tensor]:
     """Trainer log-probs of the given samples (no gradient), one [T_i] tensor each, CPU."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
-    for micro in _micro_batches(model, batch, indices, config.optim.micro_batch_size):
+    for micro in _in_lockstep(_micro_batches(model, batch, indices, config.optim.micro_batch_size), world):
+        if not micro:
+            _idle_pass(model, pad_id, backward=False)
+            continue
         chosen = [indices[i] for i in micro]
         stats, _ = micro_batch_stats(model, [batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen],
                                      pad_id, config.rollout.temperature)
@@ -156,39 +170,82 @@ def per_sample_logprobs(model, batch: TrainBatch, indices: list[int], config: Tr
     return [out[i] for i in indices]
 
 
-def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainConfig, pad_id: int, generator: torch.Generator) -> dict[str, float]:
-    """Run ``ppo_epochs`` passes of clipped policy-gradient updates over ``batch``; return metrics."""
+def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainConfig, pad_id: int, generator: torch.Generator,
+                  world: World = SINGLE) -> dict[str, float]:
+    """Run ``ppo_epochs`` passes of clipped policy-gradient updates over ``batch``; return metrics.
+
+    Data-parallel, every rank draws the same permutation of the WHOLE batch, so a mini-batch is the same set
+    of samples as on one process; each rank runs its samples of it, each micro-batch's loss divided by the
+    whole mini-batch's denominator (tokens or sequences over all ranks), and the gradients are summed over
+    ranks: the update is the one-process update. Every rank runs as many forward/backward passes as the rank
+    with the most micro-batches (FSDP's collectives need all ranks), idle ones on a zero-weight token."""
     optim = config.optim
     device = next(model.parameters()).device
-    num_mini_batches = optim.ppo_epochs * -(-len(batch) // optim.mini_batch_size)
-    totals: dict[str, float] = {}
+    total = batch.global_size or len(batch)
+    local = batch.local_index()
+    num_mini_batches = optim.ppo_epochs * -(-total // optim.mini_batch_size)
+    totals: dict[str, float] = {}  # this rank's shares of whole-batch metrics
+    grad_norms: dict[str, float] = {}  # the same on every rank
+    applied: list[tuple[dict[str, float], float]] = []  # this rank's metrics and the grad norm of each update taken
     model.train()
     for _ in range(optim.ppo_epochs):
-        order = torch.randperm(len(batch), generator=generator).tolist()
-        for start in range(0, len(order), optim.mini_batch_size):
+        order = torch.randperm(total, generator=generator).tolist()
+        for start in range(0, total, optim.mini_batch_size):
             # Samples masked out of the loss (overlong filtering) add nothing: skip their forward.
-            mini = [i for i in order[start : start + optim.mini_batch_size] if batch.sample_mask[i] > 0]
+            mini = [local[p] for p in order[start : start + optim.mini_batch_size] if p in local and batch.sample_mask[local[p]] > 0]
             in_loss = [len(batch.completion_ids[i]) for i in mini]
-            denominator = loss_denominator(config.algorithm.loss_agg, in_loss)
+            denominator, tokens = reduce(world, [loss_denominator(config.algorithm.loss_agg, in_loss), sum(in_loss)])
             optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
-            for micro in _micro_batches(model, batch, mini, optim.micro_batch_size):
+            for micro in _in_lockstep(_micro_batches(model, batch, mini, optim.micro_batch_size), world):
+                if not micro:
+                    _idle_pass(model, pad_id, backward=True)
+                    continue
                 micro_metrics = _micro_step(model, batch, [mini[i] for i in micro], config, pad_id, device, denominator)
-                token_share = micro_metrics.pop("num_tokens") / max(sum(in_loss), 1)
+                token_share = micro_metrics.pop("num_tokens") / max(tokens, 1)
                 _merge(metrics, micro_metrics, token_share, summed=_MICRO_CONTRIBUTIONS)
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.max_grad_norm).item()
+            grad_norm = clip_grad_norm(model, optim.max_grad_norm)
+            if not faults.finite_update(metrics.get("loss"), grad_norm, world):
+                optimizer.zero_grad(set_to_none=True)  # a NaN or inf: skip this update, on every rank alike
+                continue
             optimizer.step()
             scheduler.step()
-            _merge(totals, metrics, 1.0 / num_mini_batches)
+            applied.append((metrics, grad_norm))
+    for metrics, grad_norm in applied:
+        _merge(totals, metrics, 1.0 / len(applied))
+        _merge(grad_norms, {"grad_norm": grad_norm}, 1.0 / len(applied))
+    totals = combine_metrics(world, totals)
+    totals.update(grad_norms)
     totals["lr"] = scheduler.get_last_lr()[0]
-    totals["optimizer_steps"] = float(num_mini_batches)
+    totals["optimizer_steps"] = float(len(applied))
+    totals["update/nonfinite_skipped"] = float(num_mini_batches - len(applied))
     return totals
+
+
+def _in_lockstep(micro: list[list[int]], world: World) -> list[list[int]]:
+    """``micro`` padded with empty micro-batches to the most any rank has."""
+    most = int(reduce(world, [len(micro)], "max")[0])
+    return micro + [[] for _ in range(most - len(micro))]
+
+
+def _idle_pass(model, pad_id: int, backward: bool) -> None:
+    """A forward (and backward) of one token with zero weight: takes part in FSDP's collectives, changes nothing."""
+    stats, _ = micro_batch_stats(model, [[pad_id]], [[pad_id]], pad_id, 1.0)
+    if backward:
+        (stats.logprobs.sum() * 0.0).backward()
 
 
 def _micro_batches(model, batch: TrainBatch, indices: list[int], size: int) -> list[list[int]]:
     """:func:`micro_batches` of the samples ``indices`` (positions into ``indices``)."""
     return micro_batches([batch.prompt_ids[i] for i in indices], [batch.completion_ids[i] for i in indices], size,
-                         can_share_prompts(model))
+                         _shares_prompts(model))
+
+
+def _shares_prompts(model) -> bool:
+    """Whether micro-batches run each distinct prompt once (:func:`rlvr.policy.shared_prompt_logprobs`). Not
+    under FSDP: that forward runs every decoder layer twice (prompt, then completions), gathering its shards
+    twice, and all ranks must run the same collectives, also a rank whose pass is an idle one."""
+    return can_share_prompts(model) and not isinstance(model, ShardedPolicy)
 
 
 # Micro-batch values that are each micro-batch's share of the mini-batch value (they add up).
@@ -235,8 +292,6 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
         kl = aggregate_loss(kl_penalty(stats.logprobs, ref, algo.kl_estimator), mask, **reduce)
         loss = loss + algo.kl_coef * kl
         metrics["kl_ref"] = kl.item()
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"the policy loss is {loss.item()}: lower optim.lr or check the data")
-    loss.backward()
+    loss.backward()  # even when not finite: every rank takes part, and update_policy skips the step
     metrics.update({"loss": loss.item(), "entropy": entropy.item(), "sampler_logprob_gap": sampler_gap.item()})
     return metrics

@@ -76,25 +76,30 @@ class HFEngine(RolloutEngine):
         on_group: GroupCallback | None = None,
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. Without ``seed``, one is drawn from the engine's own generator
-        (seeded at construction), so a fresh engine repeats its sequence of calls exactly. Sampling uses its
-        own generator: the global torch RNG is left as it was."""
+        (seeded at construction), so a fresh engine repeats its sequence of calls exactly.
+
+        Prompt ``i`` of the call samples from its own generator, seeded ``seed + i * n`` (vLLM's per-request
+        seeds): its samples do not depend on which other prompts share the call or the batch, so a caller that
+        splits the prompts (data-parallel ranks, ``batch_size``) and offsets ``seed`` by ``first_index * n`` gets
+        the samples of one whole call. The global torch RNG is left as it was."""
         self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
         if seed is None:
             seed = int(torch.randint(2**62, (1,), generator=self._seeds))
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generators = [torch.Generator(self.device).manual_seed(seed + index * n) for index in range(len(prompt_token_ids))]
         batch_size = self.batch_size or len(prompt_token_ids)
         groups: list[list[Completion]] = []
         with torch.inference_mode():
             for start in range(0, len(prompt_token_ids), batch_size):
                 batch = prompt_token_ids[start : start + batch_size]
-                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p, generator):
+                batch_generators = generators[start : start + batch_size]
+                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p, batch_generators):
                     if on_group is not None:
                         on_group(len(groups), group)
                     groups.append(group)
         return groups
 
     def _generate_batch(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float,
-                        generator: torch.Generator) -> list[list[Completion]]:
+                        generators: list[torch.Generator]) -> list[list[Completion]]:
         from transformers import DynamicCache
 
         # Greedy answers are one answer copied n times.
@@ -120,7 +125,7 @@ class HFEngine(RolloutEngine):
         active = torch.arange(rows, device=self.device)  # batch row -> output row
         eos = torch.tensor(self.eos_token_ids, device=self.device)
         for step in range(max_new_tokens):
-            token, logprob = _sample(logits, temperature, top_p, generator)
+            token, logprob = _sample(logits, temperature, top_p, _uniforms(active // samples, generators, self.device))
             tokens[active.cpu(), step], logprobs[active.cpu(), step] = token.cpu(), logprob.float().cpu()
             done = torch.isin(token, eos)
             lengths[active[done].cpu()] = step + 1
@@ -174,9 +179,22 @@ class HFEngine(RolloutEngine):
             torch.cuda.empty_cache()
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _uniforms(prompt_of_row: torch.Tensor, generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """One uniform draw in (0, 1] per batch row, each from its prompt's generator. Rows are prompt-major, so a
+    prompt's active rows are contiguous: each prompt draws as many values as it has rows still decoding, which
+    depends on its own samples only."""
+    prompts, counts = torch.unique_consecutive(prompt_of_row.cpu(), return_counts=True)
+    draws = [torch.rand(int(count), generator=generators[int(prompt)], device=device)
+             for prompt, count in zip(prompts, counts, strict=True)]
+    return 1.0 - torch.cat(draws)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row, and its log-prob under the distribution it was drawn from: ``logits / temperature``
-    renormalised over the top-p nucleus (greedy: the argmax, with its plain log-softmax)."""
+    renormalised over the top-p nucleus (greedy: the argmax, with its plain log-softmax). Sampling inverts each
+    row's cumulative distribution at its own ``uniforms`` value (in (0, 1]), so a row's token depends on its
+    logits and its draw only, not on the other rows of the batch; the first token whose cumulative mass reaches
+    the draw has positive probability, so tokens outside the nucleus are never drawn."""
     if temperature == 0:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         token = logprobs.argmax(-1)
@@ -188,7 +206,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
         mass_before = sorted_logprobs.exp().cumsum(-1) - sorted_logprobs.exp()
         outside = torch.zeros_like(order, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
         logprobs = torch.log_softmax(logprobs.masked_fill(outside, float("-inf")), dim=-1)
-    token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+    cumulative = logprobs.exp().cumsum(-1)
+    targets = (uniforms.to(cumulative.dtype) * cumulative[:, -1])[:, None]
+    token = torch.searchsorted(cumulative, targets).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 

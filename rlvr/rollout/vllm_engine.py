@@ -80,6 +80,11 @@ class VLLMEngine(RolloutEngine):
                 cpu_kv_cache_bytes(self.model_path, resolve_dtype(dtype, False), max_model_len,
                                    int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS))),  # type: ignore[call-overload]
             ))
+        elif _in_process_group():
+            # A data-parallel rank (torchrun): vLLM's uni-process executor would put every rank's engine on GPU 0;
+            # its external launcher runs the engine in this process on the rank's own GPU (TRL's colocate mode).
+            # GPU-only (docs/distributed.md); on the CPU each rank's uni-process engine is what runs.
+            options.setdefault("distributed_executor_backend", "external_launcher")
         with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
                 model=self.model_path,
@@ -194,6 +199,12 @@ class VLLMEngine(RolloutEngine):
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
             del llm
+
+
+def _in_process_group() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, sequences: int) -> int:
