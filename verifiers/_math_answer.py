@@ -62,17 +62,22 @@ def extract_answers(completion: str, require_boxed: bool = False, mode: Extracti
     if mode == "lenient":
         boxes = [answer for box in boxes for answer in _inside_box(box)]
     if boxes:
-        return Extraction(boxes, True, source="box")
+        return _alternatives(Extraction(boxes, True, source="box"))
     if not require_boxed:
         statement = last_answer_statement(region)
         if statement:
-            return Extraction([statement], False, source="statement")
+            return _alternatives(Extraction([statement], False, source="statement"))
         if mode == "lenient" and not _BOX_COMMAND.search(region):  # an empty or cut-off box is no answer
             if answer := bare_answer(region):
-                return Extraction([answer], False, source="bare")
+                return _alternatives(Extraction([answer], False, source="bare"))
             if found := last_expression(region):
-                return Extraction([found[1]], False, source=found[0])
+                return _alternatives(Extraction(found[1], False, source=found[0]))
     return Extraction([], False, "no boxed answer" if require_boxed else "no answer")
+
+
+def _alternatives(extraction: Extraction) -> Extraction:
+    answers = [part for answer in extraction.answers for part in split_alternatives(answer)]
+    return Extraction(answers, extraction.boxed, extraction.problem, extraction.source)
 
 
 def _before_next_turn(region: str) -> str:
@@ -109,20 +114,43 @@ _MATH_SPAN = re.compile(
 )
 
 
-def last_expression(region: str) -> tuple[str, str] | None:
-    """("math", content) of the last ``$...$``, ``$$...$$``, ``\\(...\\)`` or ``\\[...\\]`` span, or
-    ("number", the number) when a number written in the prose comes after it: "so $d = 90/n$,
-    and there are 12 sequences" gives 12."""
-    last = None
-    for match in _MATH_SPAN.finditer(region):
-        last = match
-    number = last_prose_number(region[last.end() :] if last else region)
-    if number:
-        return "number", number
-    if last is None:
-        return None
-    content = next(group for group in last.groups() if group is not None).strip().rstrip(".,;").strip()
-    return ("math", content) if content else None
+def last_expression(region: str) -> tuple[str, list[str]] | None:
+    """("math", contents) of the last ``$...$``, ``$$...$$``, ``\\(...\\)`` or ``\\[...\\]`` span, or
+    ("number", numbers) when a number written in the prose comes after it: "so $d = 90/n$, and
+    there are 12 sequences" gives 12. Expressions joined to the last by "or" or "and" ("either
+    $5$ or $6$") come too, as several answers: hedging, unless together they are the answer."""
+    spans = list(_MATH_SPAN.finditer(region))
+    after = spans[-1].end() if spans else 0
+    numbers = [(m.start(), m.end(), m.group(0).rstrip(",.").strip()) for m in _PROSE_NUMBER.finditer(_prose(region[after:]))]
+    if numbers:
+        return "number", _joined_tail(region[after:], numbers)
+    contents = [
+        (m.start(), m.end(), next(g for g in m.groups() if g is not None).strip().rstrip(".,;").strip()) for m in spans
+    ]
+    contents = [item for item in contents if item[2]]
+    return ("math", _joined_tail(region, contents)) if contents else None
+
+
+_JOINER = re.compile(r"\s*,?\s*(?:or|and|\\text\{\s*(?:or|and)\s*\})\s*")
+
+
+def _joined_tail(text: str, items: list[tuple[int, int, str]]) -> list[str]:
+    """The contents of the last item and of those joined to it by "or"/"and", in order."""
+    tail = [items[-1]]
+    for item in reversed(items[:-1]):
+        if not _JOINER.fullmatch(text[item[1] : tail[0][0]]):
+            break
+        tail.insert(0, item)
+    return [content for _, _, content in tail]
+
+
+def split_alternatives(answer: str) -> list[str]:
+    """``5 \\text{ or } 6`` is two answers (hedging unless together they are the answer)."""
+    parts = top_level_items(answer, _OR)
+    return parts if len(parts) > 1 and all(parts) else [answer]
+
+
+_OR = re.compile(r"\s*(?:\\text\{\s*or\s*\}|\bor\b)\s*")
 
 
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
@@ -144,14 +172,9 @@ _LIST_WORDS = {"and"} | set(NUMBER_NAMES)
 _PROSE_NUMBER = re.compile(r"\d{1,2}:\d{2}(?:\s*[ap]\.?m\b\.?)?|[-+]?(?:\d+(?:[,.]\d+)*|\.\d+)(?:\s*/\s*\d+)?(?:\s*(?:\\?%|percent\b))?")
 
 
-def last_prose_number(region: str) -> str | None:
-    """The last number written in the prose, outside any math markup (math spans were tried
-    before): "the number is not 10 which is 1,000.99" gives 1,000.99."""
-    prose = re.sub(r"\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]", " ", region, flags=re.DOTALL)
-    last = None
-    for match in _PROSE_NUMBER.finditer(prose):
-        last = match
-    return last.group(0).rstrip(",.").strip() if last else None
+def _prose(region: str) -> str:
+    """``region`` with every math span (even one broken across lines) blanked out, same length."""
+    return re.sub(r"\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]", lambda m: " " * len(m.group(0)), region, flags=re.DOTALL)
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -244,14 +267,16 @@ def _answer_of_statement(rest: str) -> str | None:
     rest = rest.strip("\"'\u201c\u201d ")
     for left, right in _MATH_DELIMITERS:
         if rest.startswith(left):
-            parts = []
+            answer = ""
             while rest.startswith(left) and (end := rest.find(right, len(left))) > 0:
-                parts.append(rest[len(left) : end].strip())
-                joiner = re.match(r"\s*(?:,\s*and|,|and)\s+(?=\$|\\\(|\\\[)", rest[end + len(right) :])  # "$12$ and $13$"
+                answer += rest[len(left) : end].strip()
+                # "$12$ and $13$" is one answer, "$5$ or $6$" two
+                joiner = re.match(r"\s*,?\s*(and|or|,)\s*(?=\$|\\\(|\\\[)", rest[end + len(right) :])
                 if not joiner:
                     break
+                answer += " or " if joiner.group(1) == "or" else ", "
                 rest = rest[end + len(right) + joiner.end() :]
-            return ", ".join(part for part in parts if part) or None
+            return answer.strip(" ,") or None
     sentence = re.split(r"(?<![\d\\])\.(?:\s|$)|\.\s", rest, maxsplit=1)[0]
     sentence = sentence.strip().strip("*").rstrip(".,;:!").strip()
     if re.match(r"[A-Za-z]+\s+[A-Za-z$]", sentence):  # a sentence, not an answer
