@@ -191,6 +191,44 @@ def test_stdin_solutions_pass(checker, shared_data):
     assert verdict.correct and verdict.details == {"passed": 8, "total": 8}
 
 
+LUNTIK_CPP = """#include <cstdio>
+int main() { int t; std::scanf("%d", &t); while (t--) { long long a, b, c; std::scanf("%lld %lld %lld", &a, &b, &c);
+    std::printf("%lld\\n", (a + 2 * b + 3 * c) % 2); } }
+"""
+MIN_MAX_CPP = """#include <algorithm>
+#include <iostream>
+using namespace std;
+int main() { int t; cin >> t; while (t--) { int x, y; cin >> x >> y; cout << min(x, y) << ' ' << max(x, y) << '\\n'; } }
+"""
+
+
+@pytest.mark.slow
+def test_cpp_solutions_of_code_contests_and_codeforces(checker, shared_data):
+    luntik = _contest_row(shared_data, "Luntik has decided")
+    verdict = checker.verify(f"Here it is:\n```cpp\n{LUNTIK_CPP}```", luntik)
+    assert verdict.correct and verdict.details["passed"] == len(luntik["tests"])
+    codeforces = json.loads((shared_data / "codeforces_rllm.jsonl").read_text().splitlines()[0])
+    assert "minimum of $x$ and $y$" in codeforces["problem"]
+    assert checker.verify(f"```c++\n{MIN_MAX_CPP}```", codeforces).correct
+    wrong = checker.verify(f"```cpp\n{MIN_MAX_CPP.replace('min(x, y) <<', 'x <<')}```", codeforces)
+    assert (wrong.correct, wrong.reason) == (False, "wrong")
+    broken = checker.verify("```cpp\nint main() { return missing; }\n```", codeforces)
+    assert (broken.reason, broken.details["status"]) == ("compile_error", "compile_error")
+    assert "missing" in broken.details["first_failure"]["error"]
+
+
+def test_languages_are_listed_and_an_unknown_one_is_a_verdict(bwrap_checker, humaneval):
+    assert verifiers.get("code", sandbox=bwrap_checker.sandbox).languages == ("python", "cpp")
+    reference = {"tests": [{"input": "1\n", "output": "1\n", "testtype": "stdin"}]}
+    java = bwrap_checker.verify("```java\nclass Main {}\n```", reference)
+    assert (java.reward, java.reason, java.details["language"]) == (0.0, "unsupported_language", "java")
+    assert java.details["accepted"] == ["```python", "```cpp"]
+    # Function tests call Python functions: a C++ program cannot take them.
+    cpp = bwrap_checker.verify("```cpp\nint main() {}\n```", humaneval[0])
+    assert cpp.reason == "unsupported_language" and cpp.details["accepted"] == ["```python"]
+    assert bwrap_checker.verify("```\nprint(1)\n```", reference).correct  # no tag: Python
+
+
 def test_stdin_output_must_match_exactly(bwrap_checker, shared_data):
     row = _contest_row(shared_data, "Luntik has decided")
     expected = row["tests"][0]["output"]  # "0\n1\n0\n1\n"

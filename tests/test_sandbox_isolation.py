@@ -4,6 +4,7 @@ run going on at the same time. C++ programs on every back-end."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -110,6 +111,47 @@ def test_the_trace_detector_sees_traces_within_one_run(sandbox):
     found = result.stdout.split("found ", 1)[1]
     for trace in ("/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC"):
         assert trace in found, (trace, result.stdout)
+
+
+# A run's stdin (where the code verifier's harness gets its nonce) must never be in the server's
+# memory, so no later run can find it in the memory it inherits. The searcher knows the secret only
+# by its hash, so that the secret itself is never in its own memory.
+HOLD_SECRET = "import sys\nsecret = sys.stdin.read()\nprint(len(secret))\n"
+SEARCH_MEMORY = """
+import hashlib, re
+hits = regions = 0
+pattern = re.compile(rb"rlvr-secret:([0-9a-f]{32})")
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as memory:
+    for line in maps:
+        span, permissions = line.split()[:2]
+        if not permissions.startswith("r"):
+            continue
+        start, end = (int(value, 16) for value in span.split("-"))
+        try:
+            memory.seek(start)
+            data = memory.read(end - start)
+        except (OSError, ValueError, OverflowError):
+            continue
+        regions += 1
+        hits += sum(hashlib.sha256(match.group(1)).hexdigest() == "DIGEST" for match in pattern.finditer(data))
+print("regions", regions, "hits", hits)
+"""
+
+
+def test_no_run_inherits_the_data_of_an_earlier_run(sandbox):
+    if sandbox.name == "docker":
+        pytest.skip("docker runs have no /proc of their own to read their memory through")
+    secret = secrets.token_hex(16)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    search = SEARCH_MEMORY.replace("DIGEST", digest)
+    stdin = f"rlvr-secret:{secret}\n" * 1000
+    for _ in range(3):
+        assert sandbox.run(HOLD_SECRET, stdin=stdin).stdout == f"{len(stdin)}\n"
+    result = sandbox.run(search)
+    assert result.status == "ok" and result.stdout.startswith("regions ") and result.stdout.endswith(" hits 0\n"), result
+    # The control: the same search finds the secret in the memory of a run that holds it.
+    holding = sandbox.run(HOLD_SECRET + search, stdin=stdin)
+    assert int(holding.stdout.split()[-1]) >= 1, holding
 
 
 VICTIM = """
