@@ -1,18 +1,18 @@
-"""The ``bwrap`` back-end: each run in fresh Linux namespaces made by bubblewrap.
+"""The ``bwrap`` back-end: runs forked from a warm server inside one bubblewrap sandbox.
 
-What a run sees: a read-only ``/usr`` (the host's runtime, with the usual ``/bin``, ``/lib``
-links), a fresh ``/proc`` of its own PID namespace, a minimal ``/dev``, and two size-limited tmpfs
-(``/work``, its working directory holding the program and ``files``, and ``/tmp``); nothing else
-of the host's file system, no network, no host IPC, an environment of a few fixed variables, and
-no capabilities. The program's files are copied in from memory, so nothing is written on the host.
-
-How the limits hold when the host side is root (RLIMIT_NPROC does not bind uid 0): bwrap itself
-is started as uid 65534 ("nobody"), so the namespace's user is an unprivileged host user, and
-``prlimit`` inside sets the per-process limits (in a fresh user namespace RLIMIT_NPROC counts
-the run's own processes only). Where cgroups are writable, a per-run cgroup bounds the memory
-and process count of the whole tree and its out-of-memory kills are reported as ``memory``.
-On timeout, output overflow, or when the program exits, the namespace's init dies and the
-kernel kills every process in the PID namespace, daemonised ones included.
+The sandbox (started on first use, restarted if it dies) holds a read-only ``/usr`` (the host's
+runtime, with the usual ``/bin``, ``/lib`` links), a minimal ``/dev``, nothing else of the host's
+file system, no network, no host IPC, a fixed environment and no capabilities; bwrap itself is
+started as uid 65534 ("nobody") when the host side is root, so the namespace's user is an
+unprivileged host user. Its only process is the fork server (``_zygote.py``, host side in
+``_warm.py``), which gives every run its own nested user namespace with fresh mount, PID, IPC and
+network namespaces, its own ``/proc``, private size-limited tmpfs ``/work`` (the program and
+``files``), ``/tmp`` and ``/dev/shm``, a read-only ``/dev``, the rlimits, a seccomp filter against
+new user namespaces, and, where cgroups are writable, a cgroup bounding the memory and process
+count of its whole tree (out-of-memory kills are reported as ``memory``). Python programs run in
+the server's already-started interpreter, forked from its clean state, never from a state a
+previous run touched. On timeout, output overflow, or when the program exits, the run's PID 1
+dies and the kernel kills every process in its namespace, daemonised ones included.
 """
 
 from __future__ import annotations

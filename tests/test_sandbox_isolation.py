@@ -56,7 +56,8 @@ os.getcwd = lambda: "TOKEN"
 libc = ctypes.CDLL(None, use_errno=True)
 shm = libc.shmget(0x7256, 4096, 0o1666)  # IPC_CREAT
 queue = libc.msgget(0x7256, 0o1666)
-print("written", written, "shm", shm, "queue", queue, flush=True)
+key = libc.syscall(248, b"user", b"rlvr-trace", b"TOKEN", 16, -3)  # add_key to the session keyring
+print("written", written, "shm", shm, "queue", queue, "key", key, flush=True)
 if os.fork() == 0:
     os.setsid()
     while True:
@@ -85,6 +86,8 @@ if json.dumps([1]) != "[1]" or len("ab") != 2 or "trace_module" in sys.modules o
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.shmget(0x7256, 0, 0) != -1 or libc.msgget(0x7256, 0) != -1:
     found.append("System V IPC")
+if libc.syscall(250, 10, -3, b"user", b"rlvr-trace", 0) > 0:  # KEYCTL_SEARCH the session keyring
+    found.append("session key")
 processes = [pid for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid()]
 print("found", found, "processes", processes)
 """
@@ -109,7 +112,10 @@ def test_the_trace_detector_sees_traces_within_one_run(sandbox):
     code = LEAVE_TRACES.replace("time.sleep(0.2)\n", "") + LOOK_FOR_TRACES
     result = sandbox.run(code.replace("TOKEN", token))
     found = result.stdout.split("found ", 1)[1]
-    for trace in ("/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC"):
+    traces = ["/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC"]
+    if "key -1" not in result.stdout:  # keyctl works here (Docker's seccomp profile forbids it)
+        traces.append("session key")
+    for trace in traces:
         assert trace in found, (trace, result.stdout)
 
 
