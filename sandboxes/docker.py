@@ -124,7 +124,10 @@ class DockerSandbox(Sandbox):
             disk = f"size={limits.disk_mb}m,mode=1777"
             memory = f"{CONCURRENT_RUNS * (limits.memory_mb + CONTAINER_MEMORY_HEADROOM_MB)}m"
             container = self.client.containers.run(
+                # The server exits when the host's socket closes (a sandbox never closed included): then
+                # the container goes away by itself.
                 self.image, ["python3", "-I", "-B", "-c", ZYGOTE_SOURCE, f"{CHANNEL_DIR}/channel"], detach=True,
+                auto_remove=True,
                 user=f"{uid}:{uid}", network_disabled=True, network_mode="none", read_only=True,
                 tmpfs={"/work": disk, "/tmp": disk}, mem_limit=memory, memswap_limit=memory,
                 pids_limit=CONCURRENT_RUNS * (limits.max_processes + 8), cap_drop=["ALL"],
