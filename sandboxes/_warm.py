@@ -133,13 +133,17 @@ class ForkServer:
             os.write(files_fd, json.dumps(payload).encode())
             os.lseek(files_fd, 0, os.SEEK_SET)
             with self._lock:
-                channel = self._ensure_started()
                 try:
-                    socket.send_fds(channel, [json.dumps(request).encode()], for_run)
-                except OSError as error:
+                    socket.send_fds(self._ensure_started(), [json.dumps(request).encode()], for_run)
+                except OSError:  # the server died since the last run (killed from outside): once more
                     self._stop_locked()
-                    raise SandboxError(f"the {self.what} fork server is gone ({error}); the next run restarts it") from None
+                    try:
+                        socket.send_fds(self._ensure_started(), [json.dumps(request).encode()], for_run)
+                    except OSError as error:
+                        self._stop_locked()
+                        raise SandboxError(f"the {self.what} fork server is gone ({error})") from None
         except BaseException:
+            control.close()
             for fd in (stdin_write, stdout_read, stderr_read):
                 os.close(fd)
             if cgroup is not None:
