@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="run a program and print its status, output and time")
-    run.add_argument("file", help="the program (Python)")
+    run.add_argument("file", help="the program")
+    run.add_argument("--language", default=None,
+                     help="python or cpp (default: cpp for .cpp/.cc/.cxx files, else python)")
     run.add_argument("--backend", default="auto", help="bwrap, docker, subprocess, or auto (default)")
     run.add_argument("--stdin", default=None, help="text for the program's stdin (default: none)")
     run.add_argument("--stdin-file", default=None, help="read the program's stdin from this file")
@@ -50,8 +52,12 @@ def _run(args: argparse.Namespace) -> int:
         stdin = open(args.stdin_file).read() if args.stdin_file else (args.stdin or "")
     except OSError as error:
         raise CLIError(f"cannot read {error.filename}: {error.strerror}") from None
+    language = args.language or ("cpp" if args.file.endswith((".cpp", ".cc", ".cxx")) else "python")
     with _sandbox(args.backend, timeout=args.timeout, memory_mb=args.memory_mb) as box:
-        result = box.run(code, stdin=stdin)
+        try:
+            result = box.run(code, stdin=stdin, language=language)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     truncated = " (output truncated)" if result.truncated else ""
