@@ -65,12 +65,14 @@ def mount(source, target, fstype, flags, data=None):
 def forbid_user_namespaces():
     """A seccomp filter (allowed unprivileged under no_new_privs): unshare/clone with CLONE_NEWUSER
     fail with EPERM, clone3 (whose flags a filter cannot read) with ENOSYS so libc falls back to
-    clone, and syscalls of other architectures with EPERM."""
-    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    clone, and syscalls of other architectures or of the x32 ABI (numbers with bit 30 set, which
+    the checks below would not match) with EPERM."""
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, errno_ret = 0x7FFF0000, 0x00050000
     program = [
         (ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, errno_ret | 1),
-        (ld, 0, 0, 0), (jeq, 0, 1, 435), (ret, 0, 0, errno_ret | 38),
+        (ld, 0, 0, 0), (jge, 0, 1, 0x40000000), (ret, 0, 0, errno_ret | 1),
+        (jeq, 0, 1, 435), (ret, 0, 0, errno_ret | 38),
         (jeq, 1, 0, 272), (jeq, 0, 2, 56),
         (ld, 0, 0, 16), (jset, 1, 0, CLONE_NEWUSER), (ret, 0, 0, allow), (ret, 0, 0, errno_ret | 1),
     ]
