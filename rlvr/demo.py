@@ -118,7 +118,6 @@ def run_model_demo(cfg: ModelDemoConfig, log=sys.stdout) -> Path:
         raise FileNotFoundError(f"recipe {cfg.recipe!r} does not exist; pass recipe=PATH of a training config (configs/*.yaml)")
     model_dir = Path(resolve_model_path(cfg.model))
     recipe = config.load(TrainConfig, cfg.recipe, [f"model.path={model_dir}", *cfg.train_overrides])
-    started = time.monotonic()
     steps = {
         "eval-base": lambda: evaluate_recipe(cfg, recipe, model_dir, out / "eval-base"),
         "rl": lambda: train_recipe(recipe, out / "rl", out / "final", {}),
@@ -127,17 +126,7 @@ def run_model_demo(cfg: ModelDemoConfig, log=sys.stdout) -> Path:
         "eval-control": lambda: evaluate_recipe(cfg, recipe, out / "control-final", out / "eval-control"),
         "report": lambda: write_model_report(cfg, recipe, out),
     }
-    for number, stage in enumerate(MODEL_STAGES, start=1):
-        marker = out / f".done-{stage}"
-        if marker.exists():
-            print(f"[{number}/{len(MODEL_STAGES)}] {stage}: done earlier, skipped", file=log, flush=True)
-            continue
-        print(f"[{number}/{len(MODEL_STAGES)}] {stage} ... (elapsed {time.monotonic() - started:.0f} s)", file=log, flush=True)
-        stage_started = time.monotonic()
-        steps[stage]()
-        marker.write_text(f"{time.monotonic() - stage_started:.1f}\n")
-    print(f"demo finished in {time.monotonic() - started:.0f} s; report: {out / 'report.md'}", file=log, flush=True)
-    return out / "report.md"
+    return run_stages(out, steps, log)
 
 
 def evaluate_recipe(cfg: ModelDemoConfig, recipe: Any, model_dir: Path, output_dir: Path) -> None:
@@ -231,7 +220,6 @@ def run_demo(cfg: DemoConfig, log=sys.stdout) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.yaml").write_text(render(cfg) + "\n")
     engine = cfg.rl.engine if cfg.rl.engine != "auto" else _default_engine()
-    started = time.monotonic()
     steps = {
         "model": lambda: build_model(cfg, out / "init"),
         "sft": lambda: warm_start(cfg, out / "init", out / "base"),
@@ -240,14 +228,22 @@ def run_demo(cfg: DemoConfig, log=sys.stdout) -> Path:
         "eval-final": lambda: evaluate_checkpoint(cfg, out / "final", out / "eval-final", engine),
         "report": lambda: write_report(cfg, out),
     }
-    for number, stage in enumerate(STAGES, start=1):
+    return run_stages(out, steps, log)
+
+
+def run_stages(out: Path, steps: dict[str, Any], log) -> Path:
+    """Run each stage of ``steps`` (in order) that has no ``.done-STAGE`` marker yet; a marker holds the
+    seconds its stage took. Returns the path of ``report.md``."""
+    started = time.monotonic()
+    for number, (stage, step) in enumerate(steps.items(), start=1):
         marker = out / f".done-{stage}"
         if marker.exists():
-            print(f"[{number}/{len(STAGES)}] {stage}: done earlier, skipped", file=log, flush=True)
+            print(f"[{number}/{len(steps)}] {stage}: done earlier, skipped", file=log, flush=True)
             continue
-        print(f"[{number}/{len(STAGES)}] {stage} ... (elapsed {time.monotonic() - started:.0f} s)", file=log, flush=True)
-        steps[stage]()
-        marker.write_text(f"{time.monotonic() - started:.1f}\n")
+        print(f"[{number}/{len(steps)}] {stage} ... (elapsed {time.monotonic() - started:.0f} s)", file=log, flush=True)
+        stage_started = time.monotonic()
+        step()
+        marker.write_text(f"{time.monotonic() - stage_started:.1f}\n")
     print(f"demo finished in {time.monotonic() - started:.0f} s; report: {out / 'report.md'}", file=log, flush=True)
     return out / "report.md"
 
@@ -380,7 +376,7 @@ def write_report(cfg: DemoConfig, out: Path) -> None:
                        out / "pass_at_k.png"),
     ]
     times = {stage: float((out / f".done-{stage}").read_text()) for stage in STAGES if (out / f".done-{stage}").exists()}
-    stage_lines = [f"- {stage}: done at {seconds:.0f} s" for stage, seconds in times.items()]
+    stage_lines = [f"- {stage}: {seconds:.0f} s" for stage, seconds in times.items()]
     text = "\n".join([
         "# rlvr demo report", "",
         f"Held-out problems: {base['num_problems']} from the `{task}` generator's test split "
@@ -390,7 +386,7 @@ def write_report(cfg: DemoConfig, out: Path) -> None:
         f"SFT: {cfg.sft.steps} steps on {cfg.problems.sft_examples} worked solutions. "
         f"RL: {cfg.rl.steps} steps of {cfg.rl.prompts_per_step} prompts x {cfg.rl.group_size} samples "
         f"(DAPO: clip-higher, dynamic sampling, token-level loss, overlong shaping, Kimi length penalty).", "",
-        "Elapsed time when each stage finished:", *stage_lines, "",
+        "Seconds each stage took:", *stage_lines, "",
         *[f"![{path.stem}]({path.name})" for path in plots if path is not None],
         "",
     ])
