@@ -297,3 +297,26 @@ def test_cli_audit_against_math_verify(tmp_path, capsys):
     assert "line 3: label 0, rlvr wrong (extracted '3:45 \\\\text{ am}'), math-verify correct" in out
     assert "line 1:" not in out
     assert main(["verify", "math", "--input", str(labelled), "--against", "math-verify"]) == 2
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "\\[" * 100_000,  # display math opened, never closed
+        "$$ a " * 40_000,
+        "{<|im_start|>" * 15_000,
+        "The answer is " + "$1$ or " * 30_000,
+        ("1" + " " * 1000) * 200,
+        "\\boxed{" * 50_000,
+        "\\boxed{" + "1 or " * 40_000 + "}",
+        "x = " * 50_000,
+    ],
+    ids=["open-display", "dollars", "turn-markers", "or-chain", "spaced-numbers", "open-boxes", "huge-box", "equals"],
+)
+def test_pathological_completions_are_bounded(checker, completion):
+    """The lenient fallbacks run in the caller's process without a time limit: their work
+    must stay linear on any input (these took minutes with quadratic scans)."""
+    started = time.monotonic()
+    verdict = checker.verify(completion, "1")
+    assert time.monotonic() - started < TIME_LIMIT + SLACK
+    assert verdict.reason in ("no answer", "wrong", "several different answers", "correct", "timeout")

@@ -49,7 +49,14 @@ NUMBER_WORDS: dict[str, int] = {word: value for value, word in enumerate(NUMBER_
 _TURN_END = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_turn|start_header_id)\|>|</s>")
 
 
-def extract_answers(completion: str, require_boxed: bool = False, mode: ExtractionMode = "lenient") -> Extraction:
+# the lenient fallbacks read this many characters at the end of the final region, so that their
+# regular expressions stay fast on any input
+LENIENT_TAIL = 3000
+
+
+def extract_answers(
+    completion: str, require_boxed: bool = False, mode: ExtractionMode = "lenient", *, inside_box: bool = False
+) -> Extraction:
     """Every boxed answer of the final region, else the last final-answer statement; in
     "lenient" mode also the last math expression, a completion that is only an answer, or the
     last number of the prose (what other harnesses fall back to)."""
@@ -59,7 +66,7 @@ def extract_answers(completion: str, require_boxed: bool = False, mode: Extracti
     if mode == "lenient":
         region = _before_next_turn(region)
     boxes = boxed_contents(region)
-    if mode == "lenient":
+    if mode == "lenient" and not inside_box:
         boxes = [answer for box in boxes for answer in _inside_box(box)]
     if boxes:
         return _alternatives(Extraction(boxes, True, source="box"))
@@ -70,21 +77,28 @@ def extract_answers(completion: str, require_boxed: bool = False, mode: Extracti
         if mode == "lenient" and not _BOX_COMMAND.search(region):  # an empty or cut-off box is no answer
             if answer := bare_answer(region):
                 return _alternatives(Extraction([answer], False, source="bare"))
-            if found := last_expression(region):
+            if found := last_expression(region[-LENIENT_TAIL:]):
                 return _alternatives(Extraction(found[1], False, source=found[0]))
     return Extraction([], False, "no boxed answer" if require_boxed else "no answer")
 
 
+MAX_ANSWER_CHARS = 2000  # longer is no answer (and would make every later step slow)
+
+
 def _alternatives(extraction: Extraction) -> Extraction:
     answers = [part for answer in extraction.answers for part in split_alternatives(answer)]
+    if any(len(answer) > MAX_ANSWER_CHARS for answer in answers):
+        return Extraction([], extraction.boxed, f"an answer longer than {MAX_ANSWER_CHARS} characters")
     return Extraction(answers, extraction.boxed, extraction.problem, extraction.source)
 
 
 def _before_next_turn(region: str) -> str:
+    depth, counted = 0, 0
     for marker in _TURN_END.finditer(region):
-        head = region[: marker.start()]
-        if head.count("{") <= head.count("}"):  # not inside a box that holds the whole text
-            return head
+        between = region[counted : marker.start()]
+        depth, counted = depth + between.count("{") - between.count("}"), marker.start()
+        if depth <= 0:  # not inside a box that holds the whole text
+            return region[: marker.start()]
     return region
 
 
@@ -100,7 +114,7 @@ def _inside_box(content: str) -> list[str]:
     unwrapped = re.sub(r"(?<!\\)\$", " ", content)  # "12 $ and $13": dollar signs astray in a box
     if not _BOX_COMMAND.search(content) and bare_answer(unwrapped):
         return [unwrapped.strip()]
-    inner = extract_answers(content, mode="lenient")
+    inner = extract_answers(content, mode="lenient", inside_box=True)
     if inner.answers:
         return inner.answers
     return [] if has_markup else [content]
@@ -138,7 +152,8 @@ def _joined_tail(text: str, items: list[tuple[int, int, str]]) -> list[str]:
     """The contents of the last item and of those joined to it by "or"/"and", in order."""
     tail = [items[-1]]
     for item in reversed(items[:-1]):
-        if not _JOINER.fullmatch(text[item[1] : tail[0][0]]):
+        between = text[item[1] : tail[0][0]]
+        if len(between) > 20 or len(tail) >= 20 or not _JOINER.fullmatch(between):
             break
         tail.insert(0, item)
     return [content for _, _, content in tail]
@@ -202,12 +217,14 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of each top-level box."""
     found: list[tuple[int, int, str]] = []
     position = 0
+    closing: dict[int, int] | None = None
     while match := _BOX_COMMAND.search(text, position):
         start = match.end()
         while start < len(text) and text[start] == " ":
             start += 1
         if start < len(text) and text[start] == "{":
-            end = _closing_brace(text, start)
+            closing = _closing_braces(text) if closing is None else closing
+            end = closing.get(start)
             if end is None:  # unbalanced: the completion was cut off inside the box
                 position = start + 1
                 continue
@@ -223,22 +240,22 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def _closing_brace(text: str, start: int) -> int | None:
-    depth = 0
-    index = start
+def _closing_braces(text: str) -> dict[int, int]:
+    """The index of the ``}`` that closes each ``{`` of ``text``, in one pass."""
+    pairs: dict[int, int] = {}
+    opened: list[int] = []
+    index = 0
     while index < len(text):
         char = text[index]
         if char == "\\":
             index += 2  # \{ and \} are literal braces (sets), not grouping
             continue
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
+            opened.append(index)
+        elif char == "}" and opened:
+            pairs[opened.pop()] = index
         index += 1
-    return None
+    return pairs
 
 
 _STATEMENT = re.compile(
@@ -267,8 +284,9 @@ def _answer_of_statement(rest: str) -> str | None:
     rest = rest.strip("\"'\u201c\u201d ")
     for left, right in _MATH_DELIMITERS:
         if rest.startswith(left):
-            answer = ""
-            while rest.startswith(left) and (end := rest.find(right, len(left))) > 0:
+            answer, parts = "", 0
+            while parts < 20 and rest.startswith(left) and (end := rest.find(right, len(left))) > 0:
+                parts += 1
                 answer += rest[len(left) : end].strip()
                 # "$12$ and $13$" is one answer, "$5$ or $6$" two
                 joiner = re.match(r"\s*,?\s*(and|or|,)\s*(?=\$|\\\(|\\\[)", rest[end + len(right) :])
