@@ -43,7 +43,12 @@ def test_labelled_cases(checker):
     assert len(rows) >= 200
     classes = {row["class"] for row in rows}
     assert {"number", "thousands", "units", "equation", "interval_set_tuple", "matrix", "choice", "text"} <= classes
-    assert {"think", "hedging", "adversarial", "gsm8k", "extraction"} <= classes
+    assert {"think", "hedging", "adversarial", "gsm8k", "extraction", "lenient", "empty_box"} <= classes
+    issue_14_classes = {"clock_time", "list_and", "sequence", "line", "relation", "radical", "scientific", "empty_set"}
+    issue_14_classes |= {"number_word", "percent_word", "decimal_comma", "assignments", "tuple_set"}
+    assert issue_14_classes <= classes
+    for name in issue_14_classes:  # a right and a wrong instance of each
+        assert {row["expected"] for row in rows if row["class"] == name} == {0, 1}, name
     verdicts = checker.verify_batch([r["completion"] for r in rows], [r["reference"] for r in rows])
     wrong = [
         (row["class"], row["completion"][-80:], row["reference"], row["expected"], verdict.reason)
