@@ -35,6 +35,8 @@ class Host:
     env_name: str = "RLVR_HOSTILE_SECRET"
     canary: subprocess.Popen | None = None
     listener: socket.socket | None = None
+    # The canary lives this long (then it would look killed): longer than the runs checked against it.
+    canary_seconds: int = 600
 
     def __enter__(self) -> Host:
         os.chmod(self.directory, 0o755)
@@ -46,7 +48,8 @@ class Host:
         self.listener.setblocking(False)
         # A process of the same host uid the sandbox user maps to: kill(-1) must not reach it.
         as_sandbox_uid = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
-        command = [*as_sandbox_uid, "sleep", "600"] if os.geteuid() == 0 else ["sleep", "600"]
+        sleep = ["sleep", str(self.canary_seconds)]
+        command = [*as_sandbox_uid, *sleep] if os.geteuid() == 0 else sleep
         self.canary = subprocess.Popen(command, start_new_session=True)
         return self
 
