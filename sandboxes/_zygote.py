@@ -118,8 +118,12 @@ def serve(channel):
         if not ready:
             continue
         message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 8)
-        if not message:
-            return
+        if not message:  # the host hung up; sessions still running end with their control sockets
+            try:
+                while True:
+                    os.wait()
+            except ChildProcessError:
+                return
         if len(fds) != 5:
             for fd in fds:
                 os.close(fd)
@@ -275,8 +279,19 @@ def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
     while True:
         pid, status = os.wait()
         if pid == program:
-            os.write(status_write, struct.pack("i", status))
-            return
+            break
+    # What the program left behind dies now, and is reaped here so that its resource usage counts
+    # for the run (our exit would kill it too, unaccounted).
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        while True:
+            os.wait()
+    except ChildProcessError:
+        pass
+    os.write(status_write, struct.pack("i", status))
 
 
 def run_program(request, stdin_fd, stdout_fd, stderr_fd):

@@ -32,6 +32,7 @@ from sandboxes._warm import PYTHON, ZYGOTE_SOURCE, ForkServer, ServerProcess
 from sandboxes.base import LAUNCHER_ENV, SANDBOX_ENV, SANDBOX_UID, Limits, RawOutcome, Sandbox, SandboxError
 
 WORK_DIR = "/work"
+STOP_SECONDS = 2.0
 
 
 def drop_privileges_argv(uid: int = SANDBOX_UID) -> list[str]:
@@ -125,10 +126,14 @@ class _BwrapServer(ServerProcess):
         self.log = log
 
     def stop(self) -> None:
-        # bwrap is PID 1 of the server's namespace: killing it kills every run in it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        # The server exits when its socket closes (already done); a server that does not is killed,
+        # and bwrap, PID 1 of the server's namespace, takes every run in it along.
+        try:
+            self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         self.log.close()
 
     def pids(self) -> set[int]:
