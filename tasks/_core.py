@@ -73,7 +73,7 @@ class Row:
         for name in candidates:
             found, value = _lookup(self.data, name)
             if found:
-                if required and (value is None or value == "" or value == []):
+                if required and (value is None or (isinstance(value, str) and not value.strip()) or value == []):
                     raise self.error(f"column {name!r} ({role}) is empty")
                 return value
         if not required:

@@ -41,6 +41,9 @@ def math_rows(alternatives: bool = False, clean_problem: Callable[[str], str] | 
         if isinstance(solution, list):  # OlympiadBench: one or more full solutions
             solution = "\n\n".join(str(part) for part in solution)
         metadata: dict[str, Any] = {}
+        if not _is_answer(answer):
+            raise row.error(f"the answer should be text or a number (or a list of them), got {type(answer).__name__}: "
+                            f"{str(answer)[:80]!r}")
         if isinstance(answer, list) and alternatives:
             metadata["answers"] = [clean_answer(item) for item in answer]
             answer = answer[0] if answer else None
@@ -72,6 +75,13 @@ def math_rows(alternatives: bool = False, clean_problem: Callable[[str], str] | 
     return convert
 
 
+def _is_answer(value: Any) -> bool:
+    """Text, a number, or a list of them (None: no answer, handled by the caller); a bool or a mapping is no answer."""
+    if isinstance(value, list):
+        return all(_is_answer(item) and item is not None and not isinstance(item, list) for item in value)
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
 def _looked_for(row: Row, role: str) -> str:
     return "the " + role + " column (" + " or ".join(repr(name) for name in row.columns[role]) + ")"
 
@@ -82,6 +92,8 @@ def _problem_text(row: Row) -> str:
         users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role", "user") == "user"]
         if not users or not isinstance(users[-1], str):
             raise row.error("the problem is a list but not of chat messages with a user 'content'")
+        if not users[-1].strip():
+            raise row.error("the problem's user message is empty")
         return users[-1]
     if not isinstance(value, str):
         raise row.error(f"problem should be text, got {type(value).__name__}")
