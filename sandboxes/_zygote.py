@@ -282,12 +282,13 @@ def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
             break
     # What the program left behind dies now, and is reaped here so that its resource usage counts
     # for the run (our exit would kill it too, unaccounted).
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # (again after each reap: a child forked while the signal went out escapes one round)
     try:
         while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             os.wait()
     except ChildProcessError:
         pass
