@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import Registered, option, render
+from rlvr.config import ConfigError, Registered, option, render
 from rlvr.train_config import ENGINES, TEMPLATES
 
 
@@ -126,7 +126,7 @@ def run_model_demo(cfg: ModelDemoConfig, log=sys.stdout) -> Path:
         "eval-control": lambda: evaluate_recipe(cfg, recipe, out / "control-final", out / "eval-control"),
         "report": lambda: write_model_report(cfg, recipe, out),
     }
-    return run_stages(out, steps, log)
+    return run_stages(out, steps, log, fingerprint(cfg))
 
 
 def evaluate_recipe(cfg: ModelDemoConfig, recipe: Any, model_dir: Path, output_dir: Path) -> None:
@@ -228,12 +228,24 @@ def run_demo(cfg: DemoConfig, log=sys.stdout) -> Path:
         "eval-final": lambda: evaluate_checkpoint(cfg, out / "final", out / "eval-final", engine),
         "report": lambda: write_report(cfg, out),
     }
-    return run_stages(out, steps, log)
+    return run_stages(out, steps, log, fingerprint(cfg))
 
 
-def run_stages(out: Path, steps: dict[str, Any], log) -> Path:
+def run_stages(out: Path, steps: dict[str, Any], log, made_by: str) -> Path:
     """Run each stage of ``steps`` (in order) that has no ``.done-STAGE`` marker yet; a marker holds the
-    seconds its stage took. Returns the path of ``report.md``."""
+    seconds its stage took. Returns the path of ``report.md``.
+
+    ``made_by`` (:func:`fingerprint`) is kept in ``.fingerprint``: stages done by other settings or other
+    code are never reused (a skipped stage would put their numbers in this run's report)."""
+    recorded = out / ".fingerprint"
+    done = [stage for stage in steps if (out / f".done-{stage}").exists()]
+    if done and (not recorded.exists() or recorded.read_text().strip() != made_by):
+        raise ConfigError(
+            f"{out} holds stages ({', '.join(done)}) done with other settings or another version of the code "
+            f"(fingerprint {recorded.read_text().strip() if recorded.exists() else 'unknown'}, now {made_by}): their "
+            "results are not this run's. Choose a new --out, or delete that directory"
+        )
+    recorded.write_text(made_by + "\n")
     started = time.monotonic()
     for number, (stage, step) in enumerate(steps.items(), start=1):
         marker = out / f".done-{stage}"
@@ -246,6 +258,21 @@ def run_stages(out: Path, steps: dict[str, Any], log) -> Path:
         marker.write_text(f"{time.monotonic() - stage_started:.1f}\n")
     print(f"demo finished in {time.monotonic() - started:.0f} s; report: {out / 'report.md'}", file=log, flush=True)
     return out / "report.md"
+
+
+def fingerprint(cfg: Any) -> str:
+    """What a demo's results depend on: its settings (but the output directory) and the source of the
+    packages that compute them."""
+    import dataclasses
+    import hashlib
+    import importlib
+
+    digest = hashlib.sha256(render(dataclasses.replace(cfg, out="")).encode())
+    for package in ("rlvr", "tasks", "verifiers", "sandboxes"):
+        root = Path(importlib.import_module(package).__file__).parent
+        for source in sorted(root.rglob("*.py")):
+            digest.update(source.relative_to(root.parent).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _default_engine() -> str:
@@ -387,6 +414,8 @@ def write_report(cfg: DemoConfig, out: Path) -> None:
         f"RL: {cfg.rl.steps} steps of {cfg.rl.prompts_per_step} prompts x {cfg.rl.group_size} samples "
         f"(DAPO: clip-higher, dynamic sampling, token-level loss, overlong shaping, Kimi length penalty).", "",
         "Seconds each stage took:", *stage_lines, "",
+        f"Settings and code fingerprint: `{(out / '.fingerprint').read_text().strip()}` (a stage is reused only "
+        "by a run with the same one).", "",
         *[f"![{path.stem}]({path.name})" for path in plots if path is not None],
         "",
     ])

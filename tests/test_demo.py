@@ -3,6 +3,7 @@ are those of the two evaluations, and a second run skips the finished stages."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -64,3 +65,20 @@ def test_running_again_skips_finished_stages(demo_run):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("done earlier, skipped") == 6
+
+
+def test_stages_of_other_settings_or_other_code_are_never_reused(demo_run, tmp_path):
+    out, _ = demo_run
+    assert re.search(r"^Settings and code fingerprint: `[0-9a-f]{16}`", (out / "report.md").read_text(), re.M)
+    other_settings = subprocess.run([sys.executable, "-m", "rlvr", "demo", "--out", str(out), *SHORT, "sft.steps=16"],
+                                    capture_output=True, text=True, timeout=120)
+    assert other_settings.returncode == 2
+    assert f"{out} holds stages (model, sft, eval-base, rl, eval-final, report) done with other settings" in other_settings.stderr
+    assert "done earlier, skipped" not in other_settings.stdout
+
+    copy = tmp_path / "made-by-other-code"
+    shutil.copytree(out, copy)
+    (copy / ".fingerprint").write_text("0123456789abcdef\n")  # what a run of another version of the code left
+    other_code = subprocess.run([sys.executable, "-m", "rlvr", "demo", "--out", str(copy), *SHORT],
+                                capture_output=True, text=True, timeout=120)
+    assert other_code.returncode == 2 and "(fingerprint 0123456789abcdef, now " in other_code.stderr
