@@ -239,3 +239,66 @@ def test_a_step_with_every_sample_truncated_says_it_has_nothing_to_learn(tiny_mo
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("update/nothing_to_learn")] == [(1, 1.0), (2, 1.0)]
+
+
+@pytest.fixture
+def private_podman_service(tmp_path):
+    """A Podman API service of this test's own (the shared one stays untouched), started the way
+    scripts/sandbox_setup.sh starts it; yields (socket URL, start, stop)."""
+    import shutil as shell
+
+    if shell.which("podman") is None:
+        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
+    socket_path = tmp_path / "podman.sock"
+    environment = {**os.environ, "CONTAINERS_CONF": str(TESTS.parent / "sandboxes" / "containers.conf")}
+    running: list[subprocess.Popen] = []
+
+    def start() -> None:
+        running.append(subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"], cwd=tmp_path,
+                                        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True))
+        deadline = time.monotonic() + 30
+        while not socket_path.is_socket():
+            assert time.monotonic() < deadline, "the Podman service did not start"
+            time.sleep(0.1)
+
+    def stop() -> None:
+        service = running.pop()
+        service.kill()
+        service.wait()
+        socket_path.unlink(missing_ok=True)
+
+    start()
+    try:
+        yield f"unix://{socket_path}", start, stop
+    finally:
+        while running:
+            stop()
+
+
+@pytest.mark.slow
+def test_the_podman_service_dying_mid_run_never_turns_rewards_silently_into_zeros(private_podman_service):
+    url, start, stop = private_podman_service
+    reference = {"test_list": ["assert f() == 1"], "test_setup_code": ""}
+    right = "```python\ndef f():\n    return 1\n```"
+
+    def verdicts():
+        checker = verifiers.get("code", sandbox="docker", base_url=url)
+        return checker, checker.verify_batch([right] * 4, [reference] * 4, workers=1)
+
+    running_checker, first = verdicts()
+    if {v.reason for v in first} == {"sandbox_error"}:
+        pytest.skip(f"the docker sandbox cannot start its image here: {first[0].details}")
+    assert [v.reason for v in first] == ["correct"] * 4
+
+    stop()  # the service dies mid-run: the checker's warm container lives on and keeps judging
+    assert [v.reason for v in running_checker.verify_batch([right] * 4, [reference] * 4, workers=1)] == ["correct"] * 4
+    _, dead = verdicts()  # a checker that needs the service now cannot judge: errors, not zeros that look like answers
+    stats = verifiers.BatchStats.of(dead)
+    assert stats.reasons == {"sandbox_error": 4} and stats.errors == 4 and all(v.reward == 0 for v in dead)
+    with pytest.raises(faults.VerifierFailures, match="100% of verifications failed"):
+        faults.check_verifier_failures(1, {"verifier/failure_share": stats.errors / stats.total, "verifier/errors": 4.0},
+                                       TrainConfig().faults.max_verifier_failure_share)
+
+    start()  # restarted: judging works again
+    assert [v.reason for v in verdicts()[1]] == ["correct"] * 4
