@@ -279,8 +279,17 @@ def test_a_named_model_is_accepted_as_model_path_in_a_dry_run(smollm2_dir, capsy
     assert "dry run: config, model, data and verifiers are valid" in capsys.readouterr().out
 
 
+def longest_run(ids: list[int]) -> int:
+    """The length of the longest run of one token repeated back to back."""
+    longest = current = 1
+    for previous, token in zip(ids, ids[1:]):
+        current = current + 1 if token == previous else 1
+        longest = max(longest, current)
+    return longest
+
+
 @pytest.mark.slow
-def test_gemma3_prompts_start_with_bos_once_and_the_model_then_knows_paris(gemma3_dir):
+def test_gemma3_prompts_start_with_bos_once_and_the_model_needs_it(gemma3_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -289,19 +298,24 @@ def test_gemma3_prompts_start_with_bos_once_and_the_model_then_knows_paris(gemma
 
     provenance = read_provenance(gemma3_dir)
     assert provenance["architecture"] == "gemma3"
-    # The package's own SHA256SUMS names the file that was converted.
-    assert named_models.get(GEMMA3).sha256 == provenance["source_sha256"]
+    assert provenance["source_sha256"] == named_models.get(GEMMA3).sha256
     tokenizer = AutoTokenizer.from_pretrained(gemma3_dir)
     bos = tokenizer.convert_tokens_to_ids("<bos>")
     assert tokenizer.bos_token_id == bos == 2
-    assert tokenizer("The capital of France is")["input_ids"][:2].count(bos) == 1
+    with_bos = tokenizer("The capital of France is")["input_ids"]
+    assert with_bos[0] == bos and with_bos.count(bos) == 1
     ids = encode_prompt(Example(id="q", problem="What is 2 + 3?", reference="5", verifier="math"), tokenizer, "base")
     assert ids[0] == bos and ids.count(bos) == 1
-    model = AutoModelForCausalLM.from_pretrained(gemma3_dir, dtype=torch.float32)
-    prompt = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(gemma3_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        continuation = model.generate(prompt, max_new_tokens=6, do_sample=False)[0, prompt.shape[1]:]
-    assert "Paris" in tokenizer.decode(continuation)
+        next_token = model(torch.tensor([with_bos])).logits[0, -1]
+        assert tokenizer.convert_tokens_to_ids("▁Paris") in next_token.topk(5).indices.tolist()
+        continuations = {
+            name: model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+            for name, prompt in (("with", with_bos), ("without", with_bos[1:]))
+        }
+    # Without <bos> the model falls into repeating one token ("France. The The The ..."); with it, it does not.
+    assert longest_run(continuations["with"]) < 3 <= longest_run(continuations["without"])
 
 
 def test_gemma3_checks_the_file_against_its_package_sums(tmp_path):
