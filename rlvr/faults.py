@@ -10,6 +10,7 @@ silently the reward.
   out of every checkpoint.
 * :func:`check_verifier_failures` stops the run when too many verifications of a step errored or timed
   out, instead of training on rewards that silently became zeros.
+* :func:`engine_failed` names the cause when the rollout engine dies and the checkpoint to resume from.
 
 Every decision is taken the same way on every rank (:func:`agreed`): a flag one rank raises is raised for
 all, so no rank skips an update or a checkpoint the others take. ``world`` is the job's
@@ -47,6 +48,17 @@ class NonFiniteUpdates(RunStopped):
 
 class CheckpointNotWritten(RunStopped):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
+
+
+class EngineFailed(RunStopped):
+    """The rollout engine failed while sampling; nothing of the step was applied."""
+
+
+def engine_failed(engine: str, step: int, error: BaseException, last_checkpoint: Any) -> EngineFailed:
+    resume = (f"the last checkpoint, {last_checkpoint}, is intact: run the same command with --resume"
+              if last_checkpoint else "no checkpoint was written yet: run the same command again")
+    return EngineFailed(f"step {step}: the {engine} rollout engine failed while sampling ({type(error).__name__}: "
+                        f"{error}); {resume}")
 
 
 class VerifierFailures(RunStopped):

@@ -85,7 +85,10 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
         for step in range(start_step + 1, cfg.optim.steps + 1):
             started = time.monotonic()
             engine.wake_up()
-            rollouts, metrics = collect_rollouts(engine, stream, rewarder, cfg, step, world)
+            try:
+                rollouts, metrics = collect_rollouts(engine, stream, rewarder, cfg, step, world)
+            except Exception as error:  # the sampler died (a killed worker, an engine error): no step is half done
+                raise faults.engine_failed(cfg.rollout.engine, step, error, checkpoint.latest(run_dir)) from error
             engine.sleep()
             faults.check_verifier_failures(step, metrics, cfg.faults.max_verifier_failure_share, world)
             note, metrics["update/nothing_to_learn"] = None, 1.0

@@ -15,8 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rlvr.rollout
 import verifiers
 from rlvr import checkpoint, config, faults
+from rlvr.rollout.hf_engine import HFEngine
 from rlvr.tracking import read_metrics
 from rlvr.train_config import TrainConfig
 from rlvr.trainer import train
@@ -66,6 +68,22 @@ class FailingShare(StepCounting):
     def alter(self, step, verdicts):
         failed = verifiers.Verdict(0.0, False, None, "error", {"error": "SandboxError: the service went away"})
         return [failed if i < self.per_group else v for i, v in enumerate(verdicts)]
+
+
+@rlvr.rollout.register("hf-dying-at-step-3")
+class DyingEngine(HFEngine):
+    """The hf engine, whose sampler dies in step 3 as a vLLM engine does when its worker is killed (the failure
+    is injected: on the CPU vLLM runs its engine core inside the trainer's process, with no worker to kill)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1  # one call per step: dynamic sampling is off
+        if self.calls == 3:
+            raise RuntimeError("EngineCore encountered an issue: its worker process died (exit code -9)")
+        return super().generate(*args, **kwargs)
 
 
 def settings(model_dir, run_dir, steps, *extra) -> TrainConfig:
@@ -302,3 +320,16 @@ def test_the_podman_service_dying_mid_run_never_turns_rewards_silently_into_zero
 
     start()  # restarted: judging works again
     assert [v.reason for v in verdicts()[1]] == ["correct"] * 4
+
+
+def test_a_dead_rollout_engine_is_a_clear_error_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(faults.EngineFailed) as error:
+        train(settings(tiny_model_dir, run, 3, "checkpoint.every=1", "rollout.engine=hf-dying-at-step-3"))
+    assert str(error.value) == (
+        "step 3: the hf-dying-at-step-3 rollout engine failed while sampling (RuntimeError: EngineCore encountered an "
+        f"issue: its worker process died (exit code -9)); the last checkpoint, {run / 'step-000002'}, is intact: run "
+        "the same command with --resume")
+    assert checkpoint.latest(run).name == "step-000002" and [row["step"] for row in read_metrics(run)] == [1, 2]
+    final = train(settings(tiny_model_dir, run, 3, "checkpoint.every=1"), resume=True)
+    assert final.name == "step-000003" and [row["step"] for row in read_metrics(run)] == [1, 2, 3]
