@@ -150,6 +150,7 @@ def test_sigterm_then_sigint_each_checkpoint_the_step_and_resume_continues_exact
     assert [[row[k] for k in keys] for row in read_metrics(run)] == [[row[k] for k in keys] for row in read_metrics(straight)]
 
 
+@pytest.mark.slow
 def test_nan_steps_are_skipped_and_logged_and_k_in_a_row_stop_the_run(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     cfg = settings(tiny_model_dir, run, 6, "checkpoint.every=1", "verifier.name=nan-on-steps",
@@ -202,6 +203,7 @@ def shrink_to_fit(mount_point: Path, spare_bytes: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={used + spare_bytes}", str(mount_point)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_last_one_stays_intact(tiny_model_dir, small_disk):
     run = small_disk / "run"
     train(settings(tiny_model_dir, run, 1, "checkpoint.every=1"))
@@ -225,6 +227,7 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_last_one_stays
     AutoModelForCausalLM.from_pretrained(good)
 
 
+@pytest.mark.slow
 def test_too_many_failed_verifications_stop_the_run_before_it_trains_on_them(tiny_model_dir, tmp_path):
     failing = ["verifier.name=failing-share", "verifier.options={failing-share: {per_group: 1}}", "checkpoint.every=1"]
     # one in four verifications fails (group_size 4): under a threshold of 0.5 the run goes on and says so
@@ -239,6 +242,7 @@ def test_too_many_failed_verifications_stop_the_run_before_it_trains_on_them(tin
     assert read_metrics(stopped) == [] and checkpoint.latest(stopped) is None  # nothing trained on zeros
 
 
+@pytest.mark.slow
 def test_a_step_with_every_sample_truncated_says_it_has_nothing_to_learn(tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     train(settings(tiny_model_dir, run, 2, "rollout.max_new_tokens=1", "algorithm.length.overlong_filter=true",
@@ -322,6 +326,7 @@ def test_the_podman_service_dying_mid_run_never_turns_rewards_silently_into_zero
     assert [v.reason for v in verdicts()[1]] == ["correct"] * 4
 
 
+@pytest.mark.slow
 def test_a_dead_rollout_engine_is_a_clear_error_and_the_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(faults.EngineFailed) as error:
