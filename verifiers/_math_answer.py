@@ -112,7 +112,7 @@ def _inside_box(content: str) -> list[str]:
     if not has_markup and not _PROSE.search(_TEXT_COMMANDS.sub("", content)):
         return [content]
     unwrapped = re.sub(r"(?<!\\)\$", " ", content)  # "12 $ and $13": dollar signs astray in a box
-    if not _BOX_COMMAND.search(content) and bare_answer(unwrapped):
+    if not _BOX_COMMAND.search(content) and bare_answer(unwrapped, MAX_ANSWER_CHARS):
         return [unwrapped.strip()]
     inner = extract_answers(content, mode="lenient", inside_box=True)
     if inner.answers:
@@ -171,11 +171,11 @@ _OR = re.compile(r"\s*(?:\\text\{\s*or\s*\}|\bor\b)\s*")
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
-def bare_answer(region: str) -> str | None:
+def bare_answer(region: str, max_chars: int = 120) -> str | None:
     """The completion itself when it is only an answer: one short line without prose words
     (units and number words are not prose)."""
     text = region.strip().rstrip(".").strip()
-    if not text or "\n" in text or len(text) > 120:
+    if not text or "\n" in text or len(text) > max_chars:
         return None
     plain = _TEXT_COMMANDS.sub(lambda m: m.group(1), text)
     words = [w for w in _WORD.findall(plain) if not re.fullmatch(_UNIT_WORDS, w, re.IGNORECASE)]
