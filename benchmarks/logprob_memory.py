@@ -8,7 +8,7 @@ One micro-batch of ``--batch`` rows, each ``--prompt-tokens`` prompt tokens then
 loss ``-mean log p(completion token)``:
 
 - ``rlvr``: :func:`rlvr.policy.completion_logprobs`: the backbone once, hidden states kept at completion
-  positions only, the vocabulary projection + log-softmax in chunks of ``LOGIT_CHUNK_ROWS`` rows, each chunk
+  positions only, the vocabulary projection + log-softmax in chunks of ``LOGIT_CHUNK_ELEMENTS / vocab`` rows, each chunk
   recomputed in the backward pass instead of kept (it also computes the entropy, without a gradient);
 - ``naive``: ``model(...).logits`` at every position, ``log_softmax`` over the whole vocabulary in float32,
   then the completion tokens gathered: what a straightforward trainer does.

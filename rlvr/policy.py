@@ -18,7 +18,10 @@ from rlvr.algorithms import entropy_from_logits
 from rlvr.models import ModelNotFoundError, looks_like_hub_id
 from rlvr.rollout.base import resolve_dtype
 
-LOGIT_CHUNK_ROWS = 1024  # rows of hidden states projected to the vocabulary at a time
+# Vocabulary-wide values per chunk of rows projected at a time: 256 MiB of float32 logits, 441 rows of Qwen's
+# 152k vocabulary, 256 of Gemma 3's 262k. A fixed row count would let the chunk (and the few temporaries of its
+# log-softmax and entropy) grow with the vocabulary until it is as large as the whole batch's logits.
+LOGIT_CHUNK_ELEMENTS = 1 << 26
 
 
 def load_policy(path: str, dtype: str = "auto", gradient_checkpointing: bool = False, cpu_threads: int = 0):
@@ -152,6 +155,7 @@ def _token_stats(
     mask = completion_mask.bool().to(states.device)
     rows, targets = states[mask], completion_ids.to(states.device)[mask]
     lm_head = model.get_output_embeddings()
+    chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // lm_head.weight.shape[0])
 
     def project(rows_chunk: torch.Tensor, targets_chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = lm_head(rows_chunk).float() / temperature
@@ -162,10 +166,10 @@ def _token_stats(
 
     # Recomputing a chunk's logits in the backward pass instead of keeping them alive only pays when there are
     # several chunks: with one, its logits are all there is, and they would be built twice for nothing.
-    recompute = torch.is_grad_enabled() and rows.shape[0] > LOGIT_CHUNK_ROWS
+    recompute = torch.is_grad_enabled() and rows.shape[0] > chunk_rows
     logprob_chunks, entropy_chunks = [], []
-    for start in range(0, rows.shape[0], LOGIT_CHUNK_ROWS):
-        chunk = (rows[start : start + LOGIT_CHUNK_ROWS], targets[start : start + LOGIT_CHUNK_ROWS])
+    for start in range(0, rows.shape[0], chunk_rows):
+        chunk = (rows[start : start + chunk_rows], targets[start : start + chunk_rows])
         if recompute:
             token_logprobs, entropy = torch.utils.checkpoint.checkpoint(project, *chunk, use_reentrant=False)
         else:

@@ -347,7 +347,7 @@ def test_chunked_logprobs_never_build_a_batch_by_tokens_by_vocabulary_tensor(tin
     vocab, hidden = model.get_output_embeddings().weight.shape
     assert vocab != hidden
     chunk, batch, tokens = 16, 4, 24  # 96 completion rows: 6 chunks
-    monkeypatch.setattr(rlvr.policy, "LOGIT_CHUNK_ROWS", chunk)
+    monkeypatch.setattr(rlvr.policy, "LOGIT_CHUNK_ELEMENTS", chunk * vocab)
     inputs = micro_batch(vocab, batch, prompt_tokens=8, tokens=tokens)
     seen = {}
     for name, loss_of in (("rlvr", rlvr_loss), ("naive", naive_loss)):
