@@ -45,7 +45,8 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rlvr-test-plugins\nVersion: 0.0\n")
     (info / "entry_points.txt").write_text(
         "[rlvr.tasks]\neven-length-prompts = train_plugins:counting_prompts\n\n"
-        "[rlvr.verifiers]\neven-length = train_plugins:EvenLength\n"
+        "[rlvr.verifiers]\neven-length = train_plugins:EvenLength\nfails-on-rank-1 = train_plugins:FailsOnRankOne\n"
+        "nan-on-rank-1 = train_plugins:NanOnRankOne\n"
     )
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(TESTS)])}
 
@@ -192,6 +193,83 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(tiny_model_dir, tmp_path, 
     rlvr(["train", "--resume", *train_arguments(tiny_model_dir, run_dir)[1:]], plugin_env)
     assert_same_weights(run_dir / "step-000003", runs["single"] / "step-000003")
     assert_same_metrics(read_metrics(run_dir), read_metrics(runs["single"]))
+
+
+def start_two_ranks(model_dir: Path, run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlvr", "train", "--nproc", "2", *train_arguments(model_dir, run_dir, 3, *extra)[1:]],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rank_process(job: subprocess.Popen, rank: int) -> psutil.Process:
+    """The worker process of ``rank`` under ``rlvr train --nproc`` (launcher -> torchrun agent -> workers)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for child in psutil.Process(job.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank) and "torch.distributed.run" not in " ".join(child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no worker of rank {rank} appeared")
+
+
+def test_sigterm_to_one_rank_checkpoints_the_whole_job_and_resume_continues_exactly(tiny_model_dir, tmp_path, runs, plugin_env):
+    """A preemption notice that reaches one machine of a job only: every rank stops at the same step boundary,
+    the checkpoint is written (both optimizer shards), the job exits non-zero with the message, and `--resume`
+    ends with exactly the weights of the uninterrupted 2-rank run."""
+    run_dir = tmp_path / "preempted"
+    job = start_two_ranks(tiny_model_dir, run_dir, plugin_env, "checkpoint.every=100")
+    try:
+        rank1 = rank_process(job, 1)
+        deadline = time.monotonic() + 300
+        while not read_metrics(run_dir):  # step 1 logged: step 2 is under way
+            assert job.poll() is None, job.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the job did not log step 1"
+            time.sleep(0.05)
+        rank1.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0, output[-3000:]
+    last = checkpoint.latest(run_dir)
+    assert last is not None and last.name in ("step-000001", "step-000002"), output[-3000:]
+    assert f"stopped by SIGTERM after step {int(last.name[5:])}" in output
+    assert sorted(p.name for p in (last / checkpoint.OPTIMIZER_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert [row["step"] for row in read_metrics(run_dir)] == list(range(1, int(last.name[5:]) + 1))  # both stopped there
+
+    rlvr(["train", "--nproc", "2", "--resume", *train_arguments(tiny_model_dir, run_dir, 3, "checkpoint.every=100")[1:]], plugin_env)
+    assert_same_weights(run_dir / "step-000003", runs["two"] / "step-000003", atol=0)
+    assert_same_metrics(read_metrics(run_dir), read_metrics(runs["two"]))
+
+
+def test_verifier_failures_on_one_rank_stop_every_rank_before_training(tiny_model_dir, tmp_path, plugin_env):
+    """Rank 1's sandbox service is dead (all its verifications error; half the job's): the job stops at step 1
+    with the cause named, on every rank, before any update, instead of training on zeros."""
+    run_dir = tmp_path / "failing"
+    job = start_two_ranks(tiny_model_dir, run_dir, plugin_env, "verifier.name=fails-on-rank-1",
+                          "faults.max_verifier_failure_share=0.3", "algorithm.dynamic_sampling=false")
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert "step 1: 50% of verifications failed" in output and "faults.max_verifier_failure_share=0.3" in output
+    assert checkpoint.latest(run_dir) is None and not read_metrics(run_dir)
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(tiny_model_dir, tmp_path, plugin_env):
+    """Rank 1's rewards are NaN every step (rank 0's are finite): both ranks skip each update together (no
+    rank steps its optimizer alone, no collective hangs), the run stops after 2 such steps, and the checkpoint
+    of step 1 holds the untrained, finite weights."""
+    run_dir = tmp_path / "nan"
+    job = start_two_ranks(tiny_model_dir, run_dir, plugin_env, "verifier.name=nan-on-rank-1", "faults.max_nonfinite_steps=2",
+                          "checkpoint.every=1", "algorithm.dynamic_sampling=false")
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert "step 2: 2 steps in a row had a non-finite loss or gradient" in output, output[-3000:]
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows] == [1, 2] and all(row["update/nonfinite_skipped"] > 0 for row in rows)
+    assert [p.name for p in sorted(run_dir.glob("step-*"))] == ["step-000001"]
+    assert_same_weights(run_dir / "step-000001", tiny_model_dir, atol=0)
 
 
 def test_vllm_engine_in_each_rank(tiny_model_dir, tmp_path, plugin_env):

@@ -4,6 +4,9 @@ and by the subprocesses they start."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 from typing import Any
 
 import tasks
@@ -41,3 +44,31 @@ def overrides(model_dir, output_dir, engine="hf", steps=3) -> list[str]:
         f"optim.steps={steps}", "optim.lr=1e-3", "checkpoint.every=2", "checkpoint.keep_last=0",
         "rollout.gpu_memory_utilization=0.05", "verifier.workers=1",
     ]
+
+
+class OnRankOne(EvenLength):
+    """The even-length verifier, except on rank 1 of a torchrun job (the only place a test verifier may read
+    the rank: it stands for a fault that strikes one machine of a job)."""
+
+    def verify(self, completion: str, reference: Any) -> verifiers.Verdict:
+        verdict = super().verify(completion, reference)
+        return self.on_rank_one(verdict) if os.environ.get("RANK") == "1" else verdict
+
+    def on_rank_one(self, verdict: verifiers.Verdict) -> verifiers.Verdict:
+        raise NotImplementedError
+
+
+@verifiers.register("fails-on-rank-1")
+class FailsOnRankOne(OnRankOne):
+    """Every verification of rank 1 errors, as when that machine's sandbox service died."""
+
+    def on_rank_one(self, verdict: verifiers.Verdict) -> verifiers.Verdict:
+        return verifiers.Verdict(0.0, False, None, "error", {"error": "SandboxError: the service went away"})
+
+
+@verifiers.register("nan-on-rank-1")
+class NanOnRankOne(OnRankOne):
+    """Rank 1's rewards are NaN: its loss and gradients are, the other rank's are finite."""
+
+    def on_rank_one(self, verdict: verifiers.Verdict) -> verifiers.Verdict:
+        return dataclasses.replace(verdict, reward=math.nan)
