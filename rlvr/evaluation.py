@@ -27,6 +27,7 @@ would have, as long as batches of problems were finished whole.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -52,6 +53,7 @@ DEFAULT_PROBLEMS_PER_BATCH = 32
 # Settings that change what is sampled or how it is checked: a resumed run must match them.
 SAMPLING_SETTINGS = (
     "model", "n", "temperature", "top_p", "max_tokens", "template", "seed", "split", "task_options", "verifier",
+    "tools",
 )  # fmt: skip
 VERSIONED_PACKAGES = {
     "rlvr": ("rlvr",),
@@ -152,6 +154,12 @@ def score_task(
     result["mean_response_length"] = _mean([row["length"] for row in all_rows])
     result["truncation_rate"] = _mean([row["finish_reason"] == "length" for row in all_rows])
     result["verdicts"] = dict(Counter(row["reason" + suffix] for row in all_rows).most_common())
+    if any(row.get("tool_use") for row in all_rows):
+        from rlvr.rollout.base import ToolUse
+        from rlvr.rollout.tools import tool_metrics
+
+        uses = [ToolUse(**row["tool_use"]) if row.get("tool_use") else None for row in all_rows]
+        result["tools"] = tool_metrics(uses, [bool(row["correct" + suffix]) for row in all_rows])
     result["per_problem"] = {"ids": list(by_problem), **per_problem}
     return result
 
@@ -332,6 +340,7 @@ def sample_rows(task: str, examples: Sequence[Any], groups: Sequence[Sequence[An
             "reason": verdict.reason,
             "length": len(completion.token_ids),
             "finish_reason": completion.finish_reason,
+            **({} if completion.tool_use is None else {"tool_use": dataclasses.asdict(completion.tool_use)}),
         }
         for example, group, group_verdicts in zip(examples, groups, verdicts, strict=True)
         for index, (completion, verdict) in enumerate(zip(group, group_verdicts, strict=True))
@@ -379,6 +388,7 @@ def evaluate(
     progress: Progress | None = None,
     task_options: Mapping[str, Mapping[str, Any]] | None = None,
     model_cache_dir: str | Path | None = None,
+    tools: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the model at ``model_path`` on ``task_names``; write and return the results.
 
@@ -388,11 +398,14 @@ def evaluate(
     (``dtype``, ``gpu_memory_utilization``, ...); ``task_options`` maps a task name to the options of its
     loader (column names of your file, generator knobs), as training's ``data.options``. Problems already
     in ``output_dir/samples.jsonl`` (from an interrupted run with the same settings) are not sampled again. Writes ``results.json`` (settings, and
-    per task the :func:`score_task` metrics) and, when matplotlib is installed, ``pass_at_k.png``.
+    per task the :func:`score_task` metrics) and, when matplotlib is installed, ``pass_at_k.png``. ``tools``: a
+    :class:`rlvr.train_config.ToolsConfig` whose tool the model may call (:mod:`rlvr.rollout.tools`; its use is
+    in each task's ``tools`` metrics); None or name ``none``: no tool.
     """
     from transformers import AutoTokenizer
 
     import rlvr.rollout
+    from rlvr.rollout.tools import with_tools
 
     model_path = _resolve_model(str(model_path), model_cache_dir)
     ks = check_ks(ks if ks is not None else default_ks(n), n)
@@ -423,6 +436,7 @@ def evaluate(
         "task_options": task_options,
         "engine": engine_name,
         "problems_per_batch": problems_per_batch,
+        "tools": None if tools is None or tools.name == "none" else dataclasses.asdict(tools),
         "verifier": VERIFIER_OPTIONS,
         "confidence": CONFIDENCE,
         "versions": package_versions(),
@@ -456,7 +470,8 @@ def evaluate(
             options = {"seed": seed, **(engine_options or {})}
             with rlvr.rollout.get(engine_name)(
                 str(model_path), max_model_len=max(prompt_lengths) + max_tokens, **options
-            ) as running:
+            ) as loaded:
+                running = loaded if tools is None else with_tools(loaded, tokenizer, tools)
                 task_results = evaluate_with_engine(
                     running, tokenizer, examples_by_task, n=n, ks=ks, max_tokens=max_tokens, temperature=temperature,
                     top_p=top_p, template=template, seed=seed, problems_per_batch=problems_per_batch,

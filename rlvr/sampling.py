@@ -15,7 +15,8 @@ import verifiers
 from rlvr import distributed
 from rlvr.algorithms import dynamic_sampling_mask
 from rlvr.distributed import SINGLE, World
-from rlvr.rollout.base import Completion, RolloutEngine
+from rlvr.rollout.base import Completion, RolloutEngine, ToolUse
+from rlvr.rollout.tools import tool_metrics
 from rlvr.train_config import TrainConfig
 
 
@@ -170,6 +171,8 @@ class Rollouts:
     correct: list[bool] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     verifier_names: list[str] = field(default_factory=list)
+    loss_masks: list[list[int]] = field(default_factory=list)  # per token: 1 the model's, 0 a tool's output
+    tool_uses: list[ToolUse | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -205,6 +208,8 @@ def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: Trai
             rollouts.rewards.append(verdict.reward)
             rollouts.correct.append(verdict.correct)
             rollouts.reasons.append(verdict.reason)
+            rollouts.loss_masks.append(completion.loss_mask or [1] * len(completion.token_ids))
+            rollouts.tool_uses.append(completion.tool_use)
     return rollouts, timings
 
 
@@ -254,7 +259,7 @@ def sample_metrics(everything: Rollouts, kept_groups: int, rounds: int, world: W
     (by every rank)."""
     columns = {"rewards": everything.rewards, "correct": everything.correct, "truncated": everything.truncated,
                "reasons": everything.reasons, "verifier_names": everything.verifier_names,
-               "lengths": [len(ids) for ids in everything.completion_ids]}
+               "lengths": [len(ids) for ids in everything.completion_ids], "tool_uses": everything.tool_uses}
     drawn = {name: [value for rank_columns in distributed.all_gather(world, columns) for value in rank_columns[name]]
              for name in columns} if world.distributed else columns
     rewards, lengths, correct = torch.tensor(drawn["rewards"]), torch.tensor(drawn["lengths"], dtype=torch.float32), drawn["correct"]
@@ -274,4 +279,5 @@ def sample_metrics(everything: Rollouts, kept_groups: int, rounds: int, world: W
     metrics["verifier/timeouts"] = float(verdicts.timeouts)
     metrics["verifier/errors"] = float(verdicts.errors)
     metrics["verifier/failure_share"] = (verdicts.timeouts + verdicts.errors) / len(correct)  # see faults.check_verifier_failures
+    metrics.update(tool_metrics(drawn["tool_uses"], correct))
     return metrics

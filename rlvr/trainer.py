@@ -19,6 +19,7 @@ from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
 from rlvr.models import resolve_model_path
 from rlvr.policy import load_policy
 from rlvr.rollout.base import resolve_dtype
+from rlvr.rollout.tools import with_tools
 from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
 from rlvr.tracking import MetricsLogger
 from rlvr.train_config import TrainConfig
@@ -74,6 +75,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
         sleep_between_steps=cfg.rollout.sleep_between_steps,
         batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size, **cfg.rollout.engine_options,
     )
+    engine = with_tools(engine, tokenizer, cfg.rollout.tools)  # the engine itself unless rollout.tools.name is set
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
     rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
@@ -191,7 +193,7 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
     Shaping and advantages are computed over the whole batch (every rank's scores, in batch order: some
     estimators normalise over the batch), then each rank keeps its samples' values."""
     scores = distributed.gather_by_position(world, rollouts.positions, {
-        "rewards": rollouts.rewards, "lengths": [len(ids) for ids in rollouts.completion_ids],
+        "rewards": rollouts.rewards, "lengths": [sum(mask) for mask in rollouts.loss_masks],  # the model's tokens
         "truncated": rollouts.truncated, "correct": rollouts.correct,
     })
     shaped, sample_mask = shape_rewards(
@@ -205,6 +207,7 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
         advantages=compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator)[mine],
         sample_mask=sample_mask.float()[mine], sampler_logprobs=rollouts.sampler_logprobs,
         positions=rollouts.positions, global_size=len(shaped),
+        loss_masks=rollouts.loss_masks if any(use is not None for use in rollouts.tool_uses) else None,
     )
     everyone = list(range(len(batch)))
     mini_batches = -(-len(shaped) // cfg.optim.mini_batch_size)

@@ -28,11 +28,16 @@ class TrainBatch:
     sampler_logprobs: list[list[float]]
     old_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when the update is off-policy
     ref_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when a KL penalty is on
+    loss_masks: list[list[int]] | None = None  # per sample [T_i]: 1 a model token, 0 a tool's output (None: all 1)
     positions: list[int] | None = None
     global_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    def model_tokens(self, index: int) -> int:
+        """Tokens of sample ``index`` that are the model's (in the loss)."""
+        return len(self.completion_ids[index]) if self.loss_masks is None else sum(self.loss_masks[index])
 
     def local_index(self) -> dict[int, int]:
         """Whole-batch position -> index into this batch, for the samples this rank holds."""
@@ -193,7 +198,7 @@ def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainC
         for start in range(0, total, optim.mini_batch_size):
             # Samples masked out of the loss (overlong filtering) add nothing: skip their forward.
             mini = [local[p] for p in order[start : start + optim.mini_batch_size] if p in local and batch.sample_mask[local[p]] > 0]
-            in_loss = [len(batch.completion_ids[i]) for i in mini]
+            in_loss = [batch.model_tokens(i) for i in mini]
             denominator, tokens = reduce(world, [loss_denominator(config.algorithm.loss_agg, in_loss), sum(in_loss)])
             optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
@@ -270,6 +275,8 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
     stats, mask = micro_batch_stats(model, [batch.prompt_ids[i] for i in chosen], [batch.completion_ids[i] for i in chosen],
                                     pad_id, config.rollout.temperature, entropy_grad=algo.entropy_coef != 0)
     width = mask.shape[1]
+    if batch.loss_masks is not None:  # tool outputs in the response: not the model's tokens, out of the loss
+        mask = mask * pad_rows([batch.loss_masks[i] for i in chosen], width, device)
     if batch.old_logprobs is not None:
         old = pad_rows([batch.old_logprobs[i] for i in chosen], width, device)
     else:  # one optimizer step per batch: the data is exactly on-policy

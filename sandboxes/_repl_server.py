@@ -62,13 +62,16 @@ def run_cell(code, namespace, filename):
 
 
 def describe(error):
-    """The traceback of the code's own frames (the server's and the parser's are left out)."""
+    """The exception, and the line of the code it came from (the server's own frames are left out): short,
+    as every character of it is a token the model reads."""
+    line = None
     tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, ast.__file__):
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<tool call"):
+            line = tb.tb_lineno
         tb = tb.tb_next
-    if tb is None:
-        return "".join(traceback.format_exception_only(type(error), error))
-    return "".join(traceback.format_exception(type(error), error, tb))
+    message = "".join(traceback.format_exception_only(type(error), error))
+    return message if line is None else f"line {line}: {message}"
 
 
 def call(code, namespace, time_limit, number, max_bytes):

@@ -5,6 +5,9 @@
 - ``chat``: the tokenizer's own chat template around the problem and an instruction to box the answer.
 - ``code``: asks for one fenced Python block; shows starter code, the function name, and how input
   arrives. Wrapped in the chat template when the tokenizer has one.
+- ``tool``: tells the model it may run Python between ``<code>`` and ``</code>`` and reads the output between
+  ``<output>`` and ``</output>`` (multi-turn tool use, ``rollout.tools.name=python``, ``rlvr eval --tools
+  python``); the answer in ``\\boxed{}``. Wrapped in the chat template when the tokenizer has one.
 - ``auto``: ``code`` for code tasks, else ``chat`` when the tokenizer has a chat template, else ``base``.
 
 Add one with ``@tasks.register_template("name")`` on a function ``(example, tokenizer) -> str``.
@@ -30,6 +33,10 @@ BASE_PREAMBLE = (
     "The Assistant first thinks about the reasoning process and then gives the answer. The reasoning is "
     "enclosed in <think> </think> tags and the final answer in \\boxed{}, i.e., <think> reasoning here "
     "</think> The answer is \\boxed{answer here}."
+)
+TOOL_INSTRUCTION = (
+    "You may run Python: write code between <code> and </code> and its output comes back between <output> and "
+    "</output>; variables persist from one call to the next. Put your final answer within \\boxed{}."
 )
 CODE_INSTRUCTION = "Write your solution as one fenced Python code block (```python ... ```) and nothing else after it."
 
@@ -104,6 +111,14 @@ def code(example: Example, tokenizer: Any = None) -> str:
         parts.append("Read the input from standard input and print the answer to standard output.")
     parts.append(CODE_INSTRUCTION)
     content = "\n\n".join(parts)
+    if has_chat_template(tokenizer):
+        return _chat(tokenizer, content)
+    return f"User: {content}\nAssistant:"
+
+
+@register_template("tool")
+def tool(example: Example, tokenizer: Any = None) -> str:
+    content = f"{example.problem.strip()}\n\n{TOOL_INSTRUCTION}"
     if has_chat_template(tokenizer):
         return _chat(tokenizer, content)
     return f"User: {content}\nAssistant:"

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--problems-per-batch", type=int, default=32, help="Problems sampled and saved together (default: 32)."
     )
+    parser.add_argument("--tools", default="none", help="Tool the model may call while it answers: none or python "
+                        "(a persistent sandboxed interpreter per sample; the template should tell the model, e.g. tool-chat).")
+    parser.add_argument("--max-tool-calls", type=int, default=4, help="With --tools: most calls per sample (default: 4).")
+    parser.add_argument("--tool-time-limit", type=float, default=5.0, help="With --tools: seconds per call (default: 5).")
+    parser.add_argument("--max-observation-tokens", type=int, default=128,
+                        help="With --tools: tokens of one call's output kept in the sample (default: 128).")
     parser.add_argument(
         "--compare",
         nargs=2,
@@ -104,10 +110,24 @@ def _evaluate(evaluation, args: argparse.Namespace) -> int:
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         task_options=_parse_task_options(args.option, task_names),
         model_cache_dir=args.model_cache_dir,
+        tools=_tools_config(args),
     )
     print(evaluation.format_summary(results))
     print(f"\nwrote {args.output}/{evaluation.RESULTS_FILE} and {args.output}/{evaluation.SAMPLES_FILE}")
     return 0
+
+
+def _tools_config(args: argparse.Namespace):
+    from rlvr.config import ConfigError, validate
+    from rlvr.train_config import ToolsConfig
+
+    tools = ToolsConfig(name=args.tools, max_tool_calls=args.max_tool_calls, time_limit=args.tool_time_limit,
+                        max_observation_tokens=args.max_observation_tokens)
+    try:
+        validate(tools, "--tools ")
+    except ConfigError as error:
+        raise CLIError(str(error)) from None
+    return None if tools.name == "none" else tools
 
 
 def _compare(evaluation, directory_a: str, directory_b: str) -> int:

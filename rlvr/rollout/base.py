@@ -12,8 +12,8 @@ behaviour-policy probability for importance sampling. With ``temperature=0`` (gr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -44,7 +44,28 @@ class Completion:
     text: str
     """The decoded response, special tokens skipped."""
     finish_reason: FinishReason
-    """``stop``: ended on an end-of-sequence token; ``length``: cut at ``max_new_tokens``."""
+    """``stop``: ended on an end-of-sequence token or a stop string; ``length``: cut at ``max_new_tokens``."""
+    stop_reason: str | None = None
+    """The stop string (of ``generate``'s ``stop``) that ended the response; None when it ended otherwise.
+    ``token_ids`` are still exactly the sampled tokens: the last one holds the end of the stop string (and
+    maybe more text after it), and nothing is cut from the ids; ``text`` may be cut at the stop string."""
+    loss_mask: list[int] | None = None
+    """Per token of ``token_ids``: 1 for a token the model sampled, 0 for one it did not (a tool's output
+    appended by :mod:`rlvr.rollout.tools`, whose ``logprobs`` entry is a 0.0 placeholder). None: all 1."""
+    tool_use: ToolUse | None = None
+    """What the tool did in a multi-turn response (None: generated without tools)."""
+
+
+@dataclass
+class ToolUse:
+    """What the tool did in one multi-turn response."""
+
+    calls: int = 0
+    errors: int = 0  # calls whose code failed (an exception, a memory or output limit, a sandbox refusal)
+    timeouts: int = 0
+    observation_tokens: int = 0
+    turns: int = 0  # model turns sampled
+    observations: list[str] = field(default_factory=list)  # each call's observation text (before the token cap)
 
 
 GroupCallback = Callable[[int, list[Completion]], None]
@@ -89,13 +110,18 @@ class RolloutEngine(ABC):
         prompt_token_ids: list[list[int]],
         *,
         n: int,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
         on_group: GroupCallback | None = None,
+        stop: Sequence[str] = (),
     ) -> list[list[Completion]]:
         """``n`` completions for each prompt, prompts in input order.
+
+        ``max_new_tokens``: one limit for every prompt, or one per prompt. ``stop``: strings that end a
+        response as soon as its decoded text contains one (multi-turn tool calls stop at the end of a code
+        block); see :attr:`Completion.stop_reason`.
 
         ``on_group(index, completions)`` is called once per prompt as soon as its ``n`` completions are done,
         while other prompts may still be generating (the trainer starts verifying there); an engine that
@@ -128,14 +154,18 @@ class RolloutEngine(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def check_request(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float,
-                      top_p: float) -> None:
-        """Raise ``ValueError`` with what to change when a ``generate`` request cannot be served."""
-        if n < 1 or max_new_tokens < 1:
+    def check_request(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int | Sequence[int],
+                      temperature: float, top_p: float, stop: Sequence[str] = ()) -> list[int]:
+        """Raise ``ValueError`` with what to change when a ``generate`` request cannot be served; returns the
+        token limit of each prompt."""
+        limits = per_prompt_limits(max_new_tokens, len(prompt_token_ids))
+        if n < 1 or min(limits, default=1) < 1:
             raise ValueError(f"n and max_new_tokens must be at least 1 (got n={n}, max_new_tokens={max_new_tokens})")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
-        for index, prompt in enumerate(prompt_token_ids):
+        if isinstance(stop, str) or not all(isinstance(text, str) and text for text in stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        for index, (prompt, max_new_tokens) in enumerate(zip(prompt_token_ids, limits, strict=True)):
             if not prompt:
                 raise ValueError(f"prompt {index} is empty; every prompt needs at least one token")
             if len(prompt) + max_new_tokens > self.max_model_len:
@@ -144,3 +174,14 @@ class RolloutEngine(ABC):
                     f"max_model_len={self.max_model_len}; raise max_model_len or lower max_new_tokens / the prompt "
                     "length limit"
                 )
+        return limits
+
+
+def per_prompt_limits(max_new_tokens: int | Sequence[int], prompts: int) -> list[int]:
+    """``generate``'s ``max_new_tokens`` as one limit per prompt."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * prompts
+    limits = [int(limit) for limit in max_new_tokens]
+    if len(limits) != prompts:
+        raise ValueError(f"max_new_tokens has {len(limits)} limits for {prompts} prompts; give one per prompt or one int")
+    return limits

@@ -14,7 +14,7 @@ checkpointing and dtype of the two, so the copy is deliberate.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -69,11 +69,12 @@ class HFEngine(RolloutEngine):
         prompt_token_ids: list[list[int]],
         *,
         n: int,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
         on_group: GroupCallback | None = None,
+        stop: Sequence[str] = (),
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. Without ``seed``, one is drawn from the engine's own generator
         (seeded at construction), so a fresh engine repeats its sequence of calls exactly.
@@ -82,7 +83,7 @@ class HFEngine(RolloutEngine):
         seeds): its samples do not depend on which other prompts share the call or the batch, so a caller that
         splits the prompts (data-parallel ranks, ``batch_size``) and offsets ``seed`` by ``first_index * n`` gets
         the samples of one whole call. The global torch RNG is left as it was."""
-        self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
+        limits = self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p, stop)
         if seed is None:
             seed = int(torch.randint(2**62, (1,), generator=self._seeds))
         generators = [torch.Generator(self.device).manual_seed(seed + index * n) for index in range(len(prompt_token_ids))]
@@ -92,14 +93,15 @@ class HFEngine(RolloutEngine):
             for start in range(0, len(prompt_token_ids), batch_size):
                 batch = prompt_token_ids[start : start + batch_size]
                 batch_generators = generators[start : start + batch_size]
-                for group in self._generate_batch(batch, n, max_new_tokens, temperature, top_p, batch_generators):
+                for group in self._generate_batch(batch, n, limits[start : start + batch_size], temperature, top_p,
+                                                  batch_generators, tuple(stop)):
                     if on_group is not None:
                         on_group(len(groups), group)
                     groups.append(group)
         return groups
 
-    def _generate_batch(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float,
-                        generators: list[torch.Generator]) -> list[list[Completion]]:
+    def _generate_batch(self, prompts: list[list[int]], n: int, limits: list[int], temperature: float, top_p: float,
+                        generators: list[torch.Generator], stop: tuple[str, ...]) -> list[list[Completion]]:
         from transformers import DynamicCache
 
         # Greedy answers are one answer copied n times.
@@ -119,15 +121,23 @@ class HFEngine(RolloutEngine):
         cache.batch_repeat_interleave(samples)
         logits, mask = logits.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
         rows = len(prompts) * samples
+        max_new_tokens = max(limits)
+        row_limits = torch.tensor(limits, device=self.device).repeat_interleave(samples)
         tokens = torch.full((rows, max_new_tokens), self.pad_token_id, dtype=torch.long)
         logprobs = torch.zeros((rows, max_new_tokens))
-        lengths = torch.full((rows,), max_new_tokens)
+        lengths = row_limits.cpu().clone()
+        stop_reasons: list[str | None] = [None] * rows
         active = torch.arange(rows, device=self.device)  # batch row -> output row
         eos = torch.tensor(self.eos_token_ids, device=self.device)
         for step in range(max_new_tokens):
             token, logprob = _sample(logits, temperature, top_p, _uniforms(active // samples, generators, self.device))
             tokens[active.cpu(), step], logprobs[active.cpu(), step] = token.cpu(), logprob.float().cpu()
-            done = torch.isin(token, eos)
+            done = torch.isin(token, eos) | (row_limits[active] == step + 1)
+            if stop:
+                for place, row in enumerate(active.tolist()):
+                    if not done[place] and (matched := self._stop_string(tokens[row, : step + 1], stop)) is not None:
+                        stop_reasons[row] = matched
+                        done[place] = True
             lengths[active[done].cpu()] = step + 1
             if step + 1 == max_new_tokens or bool(done.all()):
                 break
@@ -138,14 +148,30 @@ class HFEngine(RolloutEngine):
             mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=-1)
             logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                                 past_key_values=cache, use_cache=True).logits[:, -1]
-        completions = [self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]], max_new_tokens)
-                       for row in range(rows)]
+        completions = [self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]],
+                                        int(row_limits[row]), stop_reasons[row]) for row in range(rows)]
         groups = [completions[index * samples : (index + 1) * samples] for index in range(len(prompts))]
         return [group if samples == n else [copy.deepcopy(group[0]) for _ in range(n)] for group in groups]
 
-    def _completion(self, tokens: list[int], logprobs: torch.Tensor, max_new_tokens: int) -> Completion:
+    def _stop_string(self, tokens: torch.Tensor, stop: tuple[str, ...]) -> str | None:
+        """The stop string the newest token completed, if any. Only the tail is decoded: a stop string of L
+        characters lies within the last L tokens (a token decodes to at least one character, except pieces of
+        one UTF-8 character, hence the slack); an earlier match would have stopped the row before."""
+        window = max(map(len, stop)) + 4
+        head = self.tokenizer.decode(tokens[-window:-1].tolist(), skip_special_tokens=True)
+        text = self.tokenizer.decode(tokens[-window:].tolist(), skip_special_tokens=True)
+        for candidate in stop:
+            # a match that ends in the newest token's text: present now, not in the text before it
+            if candidate in text and candidate not in head:
+                return candidate
+        return None
+
+    def _completion(self, tokens: list[int], logprobs: torch.Tensor, max_new_tokens: int,
+                    stop_reason: str | None = None) -> Completion:
         end = next((position for position, token in enumerate(tokens) if token in self.eos_token_ids), None)
-        if end is None:
+        if stop_reason is not None and end is None:
+            finish_reason = "stop"
+        elif end is None:
             if len(tokens) != max_new_tokens:
                 raise RuntimeError(f"generate stopped after {len(tokens)} of {max_new_tokens} tokens without an EOS")
             finish_reason = "length"
@@ -156,6 +182,7 @@ class HFEngine(RolloutEngine):
             logprobs=logprobs[: len(tokens)].tolist(),
             text=self.tokenizer.decode(tokens, skip_special_tokens=True),
             finish_reason=finish_reason,
+            stop_reason=stop_reason if finish_reason == "stop" and end is None else None,
         )
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -114,18 +114,19 @@ class VLLMEngine(RolloutEngine):
         prompt_token_ids: list[list[int]],
         *,
         n: int,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
         on_group: GroupCallback | None = None,
+        stop: Sequence[str] = (),
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`. A ``seed`` gives every request its own generator
         (``seed + prompt_index * n + sample_index``), which costs a little sampling speed."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p)
+        limits = self.check_request(prompt_token_ids, n, max_new_tokens, temperature, top_p, stop)
         self.wake_up()
         greedy = temperature == 0
         # vLLM refuses n > 1 when greedy; the n identical greedy answers are then n requests of n=1.
@@ -139,7 +140,10 @@ class VLLMEngine(RolloutEngine):
                 request_id = f"rlvr-{self._calls}-{index * copies + copy}"
                 params = SamplingParams(
                     n=per_request,
-                    max_tokens=max_new_tokens,
+                    max_tokens=limits[index],
+                    # vLLM keeps every sampled token id when a stop string ends a response (only the text is cut)
+                    stop=list(stop) or None,
+                    include_stop_str_in_output=True,
                     temperature=temperature,
                     top_p=top_p,
                     logprobs=0,
@@ -264,7 +268,9 @@ def _completion(sample) -> Completion:
         raise RuntimeError(f"vLLM ended a sample with finish_reason={sample.finish_reason!r}; expected stop or length")
     token_ids = list(sample.token_ids)
     logprobs = [position[token].logprob for token, position in zip(token_ids, sample.logprobs, strict=True)]
-    return Completion(token_ids=token_ids, logprobs=logprobs, text=sample.text, finish_reason=sample.finish_reason)
+    stop_reason = sample.stop_reason if isinstance(sample.stop_reason, str) else None  # else an EOS id or None
+    return Completion(token_ids=token_ids, logprobs=logprobs, text=sample.text, finish_reason=sample.finish_reason,
+                      stop_reason=stop_reason)
 
 
 class _in_process_engine:
