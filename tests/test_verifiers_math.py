@@ -87,6 +87,31 @@ def test_options():
         verifiers.get("math", extraction="loose")
 
 
+@pytest.mark.parametrize(("completion", "reference", "paid_by_value", "one_number"), [
+    ("So your answer is 9 - 3.", "6", True, False),  # the question copied: paid by value only
+    ("The answer is \\boxed{2^3}.", "8", True, False),
+    ("The answer is 6.", "6", True, True),
+    ("The answer is $x = 5$.", "5", True, True),
+    ("#### 1,234", "1234", True, True),
+    ("The answer is \\boxed{\\frac{3}{4}}", "0.75", True, True),
+    ("The answer is -0.75", "-3/4", True, True),
+    ("The answer is 6 apples.", "6", True, True),
+    ("The answer is 7.", "6", False, False),
+])
+def test_answer_form_number_pays_only_a_stated_number(checker, completion, reference, paid_by_value, one_number):
+    numbers_only = verifiers.get("math", answer_form="number")
+    try:
+        assert checker.verify(completion, reference).correct is paid_by_value
+        verdict = numbers_only.verify(completion, reference)
+        assert verdict.correct is (paid_by_value and one_number)
+        if paid_by_value and not one_number:
+            assert verdict.reason == "not a number" and verdict.reward == 0.0
+    finally:
+        numbers_only.close()
+    with pytest.raises(ValueError, match="answer_form"):
+        verifiers.get("math", answer_form="numeric")
+
+
 def test_extraction_modes(checker):
     strict = verifiers.get("math", extraction="strict")
     for completion in ["-5", "We find that $x = -5$.", "so the result is -5 apples"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ class MathVerifier(Verifier):
             is rounded before it is compared (Math-Verify's ``float_rounding``): with 2, ``0.33``
             matches ``\\frac{1}{3}``, also inside tuples, intervals and matrices.
         time_limit: seconds one verification may take; beyond it the verdict is "timeout".
+        answer_form: "any" (the default) judges any expression by its value; "number" pays only an
+            answer stated as one number (units and an ``x =`` prefix allowed): for tasks whose problem is
+            an expression, where "So the answer is 9 - 3." copies the question and would be paid as 6.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class MathVerifier(Verifier):
         rel_tol: float = 1e-9,
         precision: int | None = None,
         time_limit: float = 2.0,
+        answer_form: Literal["any", "number"] = "any",
     ):
         if extraction not in EXTRACTION_MODES:
             raise ValueError(f"extraction must be 'strict' or 'lenient', not {extraction!r}")
@@ -58,7 +63,10 @@ class MathVerifier(Verifier):
             raise ValueError(f"precision must be None or a number of decimal places from 0 to 15, not {precision!r}")
         if not time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, not {time_limit!r}")
+        if answer_form not in ("any", "number"):
+            raise ValueError(f"answer_form must be 'any' or 'number', not {answer_form!r}")
         self.extraction = extraction
+        self.answer_form = answer_form
         self.require_boxed = require_boxed
         self.on_multiple = on_multiple
         self.rel_tol = rel_tol
@@ -96,6 +104,8 @@ class MathVerifier(Verifier):
         answers = extraction.answers[-1:] if self.on_multiple == "last" else extraction.answers
         extracted = answers[-1]
         details: dict[str, Any] = {"boxed": extraction.boxed, "answers": len(answers), "found_by": extraction.source}
+        if self.answer_form == "number" and not all(map(is_one_number, answers)):
+            return Verdict(0.0, False, extracted, "not a number", details)
         result = judge(answers, references, self._tolerance, use_sympy=False)
         if result is None:
             details["sympy"] = True
@@ -113,6 +123,20 @@ class MathVerifier(Verifier):
     def close(self) -> None:
         """Stop the worker processes (they also stop with this process)."""
         self._pool.close()
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:(?:,|\{,\})\d{3})+|\d+)(?:\.\d+)?(?:\\?%)?|[-+]?\d+/\d+"
+                     r"|[-+]?\\[dt]?frac\{\d+\}\{\d+\}")
+_ASSIGNMENT = re.compile(r"^[A-Za-z]\w*\s*=\s*")
+_UNITS = re.compile(r"(?:\s*(?:\\(?:text|mathrm)\{[^{}]*\}|[A-Za-z]+\.?))+$")
+
+
+def is_one_number(answer: str) -> bool:
+    """Whether ``answer`` states one number (``-1,234``, ``0.75``, ``3/4``, ``\\frac{3}{4}``, ``x = 5``,
+    ``6 apples``), not an expression (``9 - 3``, ``2^3``)."""
+    text = answer.strip().strip("$").strip()
+    text = _UNITS.sub("", _ASSIGNMENT.sub("", text)).strip()
+    return _NUMBER.fullmatch(text) is not None
 
 
 def _reference_answers(reference: Any) -> list[str]:
