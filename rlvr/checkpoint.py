@@ -3,7 +3,9 @@
 A checkpoint is a directory ``step-000050/`` holding the model and tokenizer in Hugging Face
 format (so ``from_pretrained`` and vLLM load it as it is), ``trainer_state.pt`` (scheduler, RNG
 states, data position, step) and ``optimizer/``, the optimizer state in ``torch.distributed.checkpoint``
-format. It is written under a temporary name and renamed into place, then the ``latest`` file is
+format. A LoRA run's checkpoint holds its adapter instead of the model (peft's ``adapter_config.json`` +
+``adapter_model.safetensors``, a few MB), and on request the merged model in ``merged/`` (see :mod:`rlvr.lora`).
+It is written under a temporary name and renamed into place, then the ``latest`` file is
 replaced atomically: a process killed mid-save leaves the previous checkpoint as the latest, intact.
 
 Data-parallel, the model is gathered from its FSDP shards and written once, by rank 0; each rank writes
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
+from rlvr import lora
 from rlvr.distributed import SINGLE, World, barrier, unwrapped
 from rlvr.faults import CheckpointNotWritten
 
@@ -40,9 +43,10 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def save(
     run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep_last: int = 0,
-    optimizer: torch.optim.Optimizer | None = None, world: World = SINGLE,
+    optimizer: torch.optim.Optimizer | None = None, world: World = SINGLE, merged: bool = False,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune older ones beyond ``keep_last`` (0: keep all).
+    """Write checkpoint ``step`` atomically and prune older ones beyond ``keep_last`` (0: keep all). ``merged``
+    (a LoRA policy, whose checkpoint holds the adapter): also base + adapter as a full model in ``merged/``.
 
     Every rank calls it (collectives: gathering the model, writing the optimizer shards); ``run_dir`` must be
     one directory all ranks see (a shared file system across machines)."""
@@ -53,11 +57,15 @@ def save(
         staging.mkdir(parents=True)
     barrier(world)
     _save_model(staging, model, world)
+    if merged:
+        lora.save_merged(model, staging / lora.MERGED_DIR, world)
     if optimizer is not None:
         save_optimizer(staging / OPTIMIZER_DIR, model, optimizer)
     barrier(world)
     if world.is_main:
         tokenizer.save_pretrained(staging)
+        if merged:
+            tokenizer.save_pretrained(staging / lora.MERGED_DIR)
         state = {"step": step, "rng": _rng_states(), **trainer_state}
         torch.save(state, staging / STATE_FILE)
         _fsync_tree(staging)

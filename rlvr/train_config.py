@@ -8,11 +8,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.config import Registered, option
+from rlvr.config import ConfigError, Registered, option
 
 TASKS = Registered("tasks:available", prefixes=("hf:",))
 TEMPLATES = Registered("tasks:available_templates")
 ENGINES = Registered("rlvr.rollout:available")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = option(0, "LoRA rank r: train a low-rank adapter on the frozen model instead of the whole model (0: off, full fine-tuning; 1-32 suits RL, with ~10x the full-fine-tuning lr).")
+    alpha: float = option(32.0, "LoRA alpha: the adapter's update B A is scaled by alpha / rank.")
+    dropout: float = option(0.0, "Dropout on the adapter's input while training (0: off).")
+    target_modules: list[str] = option(["all-linear"], "Layers that get an adapter: [all-linear] (every linear layer but the LM head) or module names, e.g. [q_proj, v_proj].")
+    sync: str = option("merge", "How the sampler gets base + adapter after each step: merge (into the engine's weights; every engine) or adapter (a new vLLM LoRA adapter version per step; vllm only).",
+                       choices=("merge", "adapter"))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.rank < 0:
+            problems.append(f"rank must be 0 (off) or a positive rank, got {self.rank}")
+        if self.alpha <= 0:
+            problems.append(f"alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or ("all-linear" in self.target_modules and len(self.target_modules) > 1):
+            problems.append(f"target_modules must be [all-linear] or a non-empty list of module names, got {self.target_modules}")
+        if problems:
+            raise ConfigError("model.lora: " + "; ".join(problems))
 
 
 @dataclass
@@ -23,6 +46,7 @@ class ModelConfig:
                         choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     cpu_threads: int = option(0, "torch intra-op threads on the CPU; 0 keeps torch's default (one per core), 1 is steadier on a shared machine.")
+    lora: LoraConfig = option(LoraConfig(), "LoRA: train an adapter instead of the whole model; the reference policy is the model with the adapter off.")
 
 
 @dataclass
@@ -127,6 +151,8 @@ class CheckpointConfig:
     output_dir: str = option("runs/latest", "Directory for checkpoints, metrics.jsonl and the saved config.")
     every: int = option(50, "Save a checkpoint every N steps (and always at the end).")
     keep_last: int = option(2, "Keep only the newest N checkpoints (0: keep all).")
+    merge_lora: str = option("final", "LoRA runs (checkpoints hold the adapter): also write base + adapter merged into a Hugging Face model in merged/ of the final checkpoint (final), of every checkpoint (every), or never (none).",
+                             choices=("final", "every", "none"))
 
 
 @dataclass
