@@ -1,0 +1,58 @@
+"""The RL algorithms as small pure functions on tensors, registered by name.
+
+Everything the trainer computes between "rewards came back" and "loss.backward()" lives in this package,
+one module per family, so the variants of a family can be compared line by line:
+
+* :mod:`~rlvr.algorithms.advantages`: advantage estimators (:data:`ADVANTAGE_ESTIMATORS`,
+  :func:`compute_advantages`): ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp_baseline``; DAPO dynamic sampling;
+* :mod:`~rlvr.algorithms.policy_losses`: the PPO clipped surrogate with decoupled clip range, dual clip and
+  truncated importance sampling (:func:`policy_loss`);
+* :mod:`~rlvr.algorithms.aggregation`: loss aggregations (:data:`LOSS_AGGREGATIONS`, :func:`aggregate_loss`);
+* :mod:`~rlvr.algorithms.kl`: KL estimators against a reference model (:data:`KL_ESTIMATORS`, :func:`kl_penalty`);
+* :mod:`~rlvr.algorithms.logprobs`: memory-light per-token log-probabilities and entropy
+  (:func:`token_logprobs`, :func:`entropy_from_logits`);
+* :mod:`~rlvr.algorithms.length`: length regularization (:data:`LENGTH_SHAPERS`, :func:`shape_rewards`).
+
+Every public name is importable from ``rlvr.algorithms`` itself.
+
+Shapes: ``N`` samples in contiguous groups of ``group_size`` (sample ``i`` belongs to group
+``i // group_size``); ``B`` sequences by ``T`` completion tokens with a 0/1 ``mask`` over real tokens.
+"""
+
+from rlvr.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, dynamic_sampling_mask
+from rlvr.algorithms.aggregation import LOSS_AGGREGATIONS, aggregate_loss
+from rlvr.algorithms.kl import KL_ESTIMATORS, kl_penalty
+from rlvr.algorithms.length import (
+    LENGTH_SHAPERS,
+    LengthBatch,
+    kimi_length_penalty,
+    overlong_filter_mask,
+    overlong_penalty,
+    shape_rewards,
+    target_length_penalty,
+)
+from rlvr.algorithms.logprobs import entropy_from_logits, token_logprobs
+from rlvr.algorithms.policy_losses import policy_loss, truncated_is_weights
+from rlvr.metrics import pass_at_k
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "KL_ESTIMATORS",
+    "LENGTH_SHAPERS",
+    "LOSS_AGGREGATIONS",
+    "LengthBatch",
+    "aggregate_loss",
+    "compute_advantages",
+    "dynamic_sampling_mask",
+    "entropy_from_logits",
+    "kimi_length_penalty",
+    "kl_penalty",
+    "overlong_filter_mask",
+    "overlong_penalty",
+    "pass_at_k",
+    "policy_loss",
+    "shape_rewards",
+    "target_length_penalty",
+    "token_logprobs",
+    "truncated_is_weights",
+]
