@@ -160,13 +160,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_rlvr(model_dir: Path, engine: str, setup: Setup, work: Path) -> dict[str, Any]:
+def run_rlvr(model_dir: Path, engine: str, setup: Setup, work: Path, extra: tuple[str, ...] = (),
+             name: str = "") -> dict[str, Any]:
+    """rlvr's run of the benchmark; ``extra`` overrides go on top (benchmarks.lora_memory: LoRA on or off)."""
     from rlvr import config
     from rlvr.tracking import read_metrics
     from rlvr.train_config import TrainConfig
     from rlvr.trainer import train
 
-    run_dir = work / f"rlvr-{engine}"
+    run_dir = work / (name or f"rlvr-{engine}")
     overrides = [
         f"model.path={model_dir}", f"checkpoint.output_dir={run_dir}", f"rollout.engine={engine}",
         f"data.task={TASK}", f"data.limit={setup.prompts_per_step * (setup.steps + 1)}", "data.template=base",
@@ -178,13 +180,15 @@ def run_rlvr(model_dir: Path, engine: str, setup: Setup, work: Path) -> dict[str
         f"optim.mini_batch_size={setup.samples_per_step}", f"optim.micro_batch_size={setup.micro_batch_size}",
         f"optim.lr={setup.lr}", "optim.lr_schedule=constant", "optim.warmup_steps=0", "optim.weight_decay=0.0",
         "optim.max_grad_norm=1.0", f"optim.seed={setup.seed}", "verifier.workers=1",
-        f"checkpoint.every={setup.steps + 1}", "checkpoint.keep_last=1",
+        f"checkpoint.every={setup.steps + 1}", "checkpoint.keep_last=1", *extra,
     ]
     train(config.load(TrainConfig, None, overrides))
     rows = read_metrics(run_dir)
     return {
         "step_seconds": [row["time/step"] for row in rows],
         "generate_seconds": [row["time/generate"] for row in rows],
+        "train_seconds": [row["time/train"] for row in rows],
+        "sync_seconds": [row["time/weight_sync"] for row in rows],
         "mean_length": statistics.fmean(row["response_length/mean"] for row in rows),
         "min_length": min(row["response_length/mean"] for row in rows),
         "optimizer_steps": sum(row["optimizer_steps"] for row in rows),

@@ -405,9 +405,11 @@ def evaluate(
     from transformers import AutoTokenizer
 
     import rlvr.rollout
+    from rlvr import lora
     from rlvr.rollout.tools import with_tools
 
     model_path = _resolve_model(str(model_path), model_cache_dir)
+    served_path = lora.servable_model(model_path, model_cache_dir)  # an adapter directory: its base + adapter merged
     ks = check_ks(ks if ks is not None else default_ks(n), n)
     if not task_names:
         raise EvaluationError("give at least one task, e.g. --tasks aime24,math500 (`rlvr tasks list` shows all)")
@@ -448,7 +450,7 @@ def evaluate(
 
     finished = {(row["task"], row["problem_id"]) for row in done_rows}
     pending = sum((task, e.id) not in finished for task, examples in examples_by_task.items() for e in examples)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(served_path)
     started = time.monotonic()
     with open(output_dir / SAMPLES_FILE, "a", encoding="utf-8") as samples_file:
 
@@ -469,7 +471,7 @@ def evaluate(
                 )
             options = {"seed": seed, **(engine_options or {})}
             with rlvr.rollout.get(engine_name)(
-                str(model_path), max_model_len=max(prompt_lengths) + max_tokens, **options
+                str(served_path), max_model_len=max(prompt_lengths) + max_tokens, **options
             ) as loaded:
                 running = loaded if tools is None else with_tools(loaded, tokenizer, tools)
                 task_results = evaluate_with_engine(

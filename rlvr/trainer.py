@@ -12,7 +12,7 @@ import torch
 
 import rlvr.rollout
 import tasks
-from rlvr import checkpoint, config, distributed, faults
+from rlvr import checkpoint, config, distributed, faults, lora
 from rlvr.algorithms import compute_advantages, shape_rewards
 from rlvr.distributed import SINGLE, World
 from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
@@ -47,9 +47,13 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     torch.manual_seed(cfg.optim.seed)
 
     resume_from = checkpoint.latest(run_dir) if resume else None
-    policy, tokenizer = load_policy(str(resume_from or cfg.model.path), cfg.model.dtype, cfg.model.gradient_checkpointing,
-                                    cfg.model.cpu_threads)
-    reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef else None
+    adapter = cfg.model.lora.rank > 0  # LoRA: checkpoints hold the adapter, the base always loads from model.path
+    weights_from = cfg.model.path if adapter else str(resume_from or cfg.model.path)
+    policy, tokenizer = load_policy(weights_from, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
+    if adapter:
+        lora.attach(policy, cfg.model.lora, resume_from)
+    # with LoRA the reference is the policy with its adapter off (build_train_batch): no second model
+    reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef and not adapter else None
     compute_dtype = getattr(torch, resolve_dtype(cfg.model.dtype, torch.cuda.is_available()))
     policy = distributed.shard_policy(policy, world, compute_dtype)
     reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
@@ -70,11 +74,15 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
         print(f"no checkpoint in {run_dir}: starting from step 0", flush=True)
 
     engine = rlvr.rollout.get(cfg.rollout.engine)(
-        str(resume_from or cfg.model.path), max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
+        weights_from, max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
         dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         sleep_between_steps=cfg.rollout.sleep_between_steps,
-        batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size, **cfg.rollout.engine_options,
+        batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size,
+        **{**lora.engine_options(cfg.model.lora, cfg.rollout.engine), **cfg.rollout.engine_options},
     )
+    adapter_sync = lora.EngineSync(engine, cfg.model.lora) if adapter else None
+    if adapter_sync is not None and resume_from is not None:  # the engine started from the base model
+        adapter_sync(policy, start_step)
     engine = with_tools(engine, tokenizer, cfg.rollout.tools)  # the engine itself unless rollout.tools.name is set
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
     rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options)
@@ -106,7 +114,10 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
                     train_started = time.monotonic()
                     metrics.update(update_policy(policy, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id, generator, world))
                     sync_started = time.monotonic()
-                    engine.update_weights(distributed.full_parameters(policy))
+                    if adapter_sync is not None:
+                        adapter_sync(policy, step)
+                    else:
+                        engine.update_weights(distributed.full_parameters(policy))
                     metrics["time/train"] = sync_started - train_started
                     metrics["time/weight_sync"] = time.monotonic() - sync_started
                     if metrics["update/nonfinite_skipped"]:
@@ -126,7 +137,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
                 try:
                     last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
                         "scheduler": scheduler.state_dict(), "data": stream.state_dict(), "update_rng": generator.get_state(),
-                    }, cfg.checkpoint.keep_last, optimizer, world)
+                    }, cfg.checkpoint.keep_last, optimizer, world, merged=adapter and merge_lora_at(cfg, step))
                 except checkpoint.WRITE_ERRORS as error:  # a full disk, a lost mount: the last good one stays the latest
                     raise checkpoint.failed(run_dir, step, error) from error
             if stopping:
@@ -134,6 +145,8 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     finally:
         stop.restore()
         engine.close()
+        if adapter_sync is not None:
+            adapter_sync.close()
         if logger is not None:
             logger.close()
     final = last_saved or checkpoint.latest(run_dir)
@@ -147,6 +160,11 @@ def check_world(cfg: TrainConfig, world: World) -> None:
     if cfg.optim.prompts_per_step < world.size:
         raise ValueError(f"optim.prompts_per_step={cfg.optim.prompts_per_step} is less than the {world.size} ranks of this "
                          "job: each rank samples a share of a step's prompts; raise it or start fewer ranks")
+
+
+def merge_lora_at(cfg: TrainConfig, step: int) -> bool:
+    """Whether the checkpoint of ``step`` of a LoRA run also holds the merged model (``checkpoint.merge_lora``)."""
+    return cfg.checkpoint.merge_lora == "every" or (cfg.checkpoint.merge_lora == "final" and step == cfg.optim.steps)
 
 
 def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
@@ -215,6 +233,9 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
         batch.old_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id, world)
     if reference is not None:
         batch.ref_logprobs = per_sample_logprobs(reference, batch, everyone, cfg, pad_id, world)
+    elif cfg.algorithm.kl_coef and cfg.model.lora.rank:
+        with lora.adapter_disabled(policy):
+            batch.ref_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id, world)
     metrics = {"reward/shaped_mean": shaped.mean().item(), "samples/in_loss": sample_mask.float().sum().item()}
     return batch, metrics
 
@@ -222,7 +243,8 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
 def build_optimizer(policy, cfg: TrainConfig):
     """AdamW with linear warm-up, then a constant, linear or cosine schedule over all optimizer steps."""
     optim = cfg.optim
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]  # LoRA: the adapter only
+    optimizer = torch.optim.AdamW(trainable, lr=optim.lr, weight_decay=optim.weight_decay)
     per_step = optim.ppo_epochs * -(-optim.prompts_per_step * cfg.rollout.group_size // optim.mini_batch_size)
     total = max(1, optim.steps * per_step)
 

