@@ -104,7 +104,7 @@ def call(code, namespace, time_limit, number, max_bytes):
             pass
     with open(OUTPUT_PATH, "rb") as produced:
         text = produced.read(max_bytes + 1)
-    if len(text) > max_bytes and status == "ok":
+    if len(text) > max_bytes and status in ("ok", "error"):  # a flood (its write errors included) is the flood
         status = "output_limit"
     return {"status": status, "output": text[:max_bytes].decode("utf-8", "replace"), "truncated": len(text) > max_bytes}
 
@@ -149,7 +149,7 @@ def main():
         if os.getpid() != server:  # a process the code forked, back from the call: it must not answer
             os._exit(0)
         end_strays()
-        body = json.dumps(reply).encode()
+        body = json.dumps({**reply, "call": number}).encode()
         write_all(replies, struct.pack(">I", len(body)) + body)
 
 

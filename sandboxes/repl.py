@@ -15,8 +15,10 @@ exist in the next, until :meth:`PythonRepl.close`.
 A call that runs out of time first gets an exception raised into it inside the sandbox (the state
 survives); if the code ignores it, the whole sandbox is killed from the host, the call is reported as a
 timeout and the next call starts a fresh interpreter (``restarted`` says so). Nothing the sandbox says is
-trusted: replies are length-checked JSON, and anything else is a ``sandbox_error`` that kills it too. The
-host never executes or evaluates the code. A separate back-end from the one-shot sandboxes of the code
+trusted: replies are length-checked JSON, and anything else is a ``sandbox_error`` that kills it too. Code
+can forge its own call's reply (it runs in the process that answers), which changes nothing it could not
+print; every reply carries the number of the call it answers, so a stale one is never taken for a later
+call's. The host never executes or evaluates the code. A separate back-end from the one-shot sandboxes of the code
 verifier (``sandboxes.bwrap``), whose runs are fresh processes by design.
 """
 
@@ -42,6 +44,7 @@ SERVER_SOURCE = Path(__file__).with_name("_repl_server.py").read_text()
 PYTHON = "/usr/bin/python3"
 START_SECONDS = 10.0  # for the interpreter to start and answer its first call
 KILL_GRACE_SECONDS = 1.0  # past the call's time limit before the host kills the sandbox
+STOP_SECONDS = 2.0  # for bwrap to exit once the sandbox's PID 1 is killed
 CPU_CALLS = 32  # the interpreter's CPU-time limit is this many calls' worth of time
 REPL_STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "sandbox_error")
 
@@ -80,6 +83,7 @@ class PythonRepl:
         self._replies: int | None = None  # interpreter -> host
         self._log: tempfile._TemporaryFileWrapper | None = None
         self._started_once = False
+        self._number = 0
         self.calls = 0
 
     @staticmethod
@@ -103,7 +107,10 @@ class PythonRepl:
                 self._start()
             body = code.encode("utf-8", "replace")
             self._send(struct.pack(">I", len(body)) + body, started + START_SECONDS)
+            self._number += 1
             reply = self._receive(started + self.limits.timeout + KILL_GRACE_SECONDS)
+            while reply["call"] != self._number:  # a stale reply (an earlier call's code forged its own)
+                reply = self._receive(started + self.limits.timeout + KILL_GRACE_SECONDS)
         except _Timeout:
             self._kill()
             return ReplResult("timeout", f"the call ran past its time limit ({self.limits.timeout:g} s) and was "
@@ -175,6 +182,7 @@ class PythonRepl:
                 os.close(fd)
         self._requests, self._replies = requests_write, replies_read
         self._started_once = True
+        self._number = 0  # calls sent to this interpreter; its replies carry the number they answer
         settings = json.dumps({"time_limit": self.limits.timeout, "max_output_bytes": self.limits.max_output_bytes})
         self._send(struct.pack(">I", len(settings)) + settings.encode(), time.monotonic() + START_SECONDS)
 
@@ -201,7 +209,8 @@ class PythonRepl:
         except ValueError as error:
             raise SandboxError(f"the interpreter sent a malformed reply ({error})") from None
         if (not isinstance(reply, dict) or reply.get("status") not in REPL_STATUSES
-                or not isinstance(reply.get("output"), str) or not isinstance(reply.get("truncated"), bool)):
+                or not isinstance(reply.get("output"), str) or not isinstance(reply.get("truncated"), bool)
+                or not isinstance(reply.get("call"), int)):
             raise SandboxError("the interpreter sent a malformed reply")
         if len(reply["output"].encode("utf-8", "replace")) > 4 * self.limits.max_output_bytes:
             raise SandboxError("the interpreter sent more output than its cap")
@@ -230,23 +239,30 @@ class PythonRepl:
         return SandboxError(f"{what}" + (f": {detail}" if detail else ""))
 
     def _kill(self) -> str:
-        """Kill the sandbox: its PID-1 (when that dies the kernel kills the whole namespace), then bwrap.
-        Returns how bwrap had ended, for messages."""
+        """Kill the sandbox's PID 1 (when it dies the kernel kills everything in its namespace); bwrap, its
+        parent, reaps it and exits (killing bwrap first would orphan PID 1 to a host init that may never reap
+        it). Returns how bwrap ended, for messages."""
         process, self._process = self._process, None
         for fd in (self._requests, self._replies):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._requests = self._replies = None
-        if process is not None:
-            for pid in [*_descendants(process.pid), process.pid]:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            process.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
-        return "" if process is None else f"exit status {process.returncode}"
+        if process is None:
+            return ""
+        for pid in _children(process.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:  # bwrap before it forked PID 1, or stuck: kill it too
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+        return f"exit status {process.returncode}"
 
 
 class _Timeout(Exception):
@@ -257,14 +273,10 @@ class _Died(Exception):
     """The interpreter's reply channel closed during a call."""
 
 
-def _descendants(pid: int) -> list[int]:
-    """Host pids below ``pid``, parents first (bwrap's own processes: the sandbox's are in its namespace)."""
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                children = [int(child) for child in (task / "children").read_text().split()]
-                found.extend(children)
-                frontier.extend(children)
+def _children(pid: int) -> list[int]:
+    """Host pids of the direct children of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.extend(int(child) for child in (task / "children").read_text().split())
     return found

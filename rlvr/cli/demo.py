@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       rlvr demo --model smollm2-135m-instruct --out runs/demo-smollm2"""
     parser.add_argument("--out", help="Directory of everything the demo writes (default: runs/demo).")
     parser.add_argument("--model", help="Named model or model directory: run the real-model demo with its control.")
+    parser.add_argument("--tools", action="store_true",
+                        help="The tool-use demo: RL teaches a tiny model to call the sandboxed Python tool (rlvr.tool_demo).")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Demo options, e.g. rl.steps=20.")
     parser.add_argument("--print-config", action="store_true", help="Print every demo option with its doc and exit.")
     parser.set_defaults(run=run)
@@ -30,6 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from rlvr.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    if args.tools:
+        from rlvr.tool_demo import ToolDemoConfig, run_tool_demo
+
+        tool_config = config.load(ToolDemoConfig, None, overrides)
+        if args.print_config:
+            print(config.render(tool_config))
+        else:
+            run_tool_demo(tool_config)
+        return 0
     if args.model:
         overrides.append(f"model={args.model}")
     demo_config = config.load(ModelDemoConfig if args.model else DemoConfig, None, overrides)

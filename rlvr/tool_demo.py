@@ -1,0 +1,227 @@
+"""``rlvr demo --tools``: RL teaches a tiny model to call the Python tool where calling it pays, on the CPU.
+
+The problems multiply numbers too long for a tiny model to multiply in its head (the ``arithmetic``
+generator, one product of 4-digit numbers by default). The stages (the same markers and resumption as
+:mod:`rlvr.demo`):
+
+1. a tiny model and tokenizer built from scratch (``DIR/init``);
+2. SFT on transcripts of two kinds (``DIR/base``): in ``sft.tool_fraction`` of them the model writes
+   ``<code>print(a * b)</code>``, reads the output and boxes it; in the rest it boxes a guess with the
+   right leading digits (a wrong answer, as mental arithmetic at this size gives). The warm-started model
+   knows the tool's format and calls it on some problems only;
+3. ``rlvr eval --tools python`` of the base model on held-out problems (``DIR/eval-base``);
+4. GRPO with the tool (``rollout.tools.name=python``): samples that call it get the reward, guesses do not
+   (``DIR/rl``, final weights in ``DIR/final``);
+5. the same evaluation of ``DIR/final`` (``DIR/eval-final``) and ``DIR/report.md``: accuracy, the share of
+   samples that call the tool and the accuracy reached through tool calls, before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import option, render
+from rlvr.demo import fingerprint, run_stages
+from rlvr.rollout.tools import TAGS
+from rlvr.train_config import ENGINES, ToolsConfig
+
+TEMPLATE = "tool"
+
+
+@dataclass
+class ToolProblemsConfig:
+    task: str = option("arithmetic", "Generator task of the training and held-out problems.")
+    options: dict[str, Any] = option({"steps": 1, "digits": 4, "ops": "*"}, "Difficulty knobs of the generator: one product of 4-digit numbers.")
+    sft_examples: int = option(3000, "Generated problems with transcripts for the SFT warm-start.")
+    eval_problems: int = option(100, "Held-out problems (the generator's test split) for each evaluation.")
+
+
+@dataclass
+class ToolModelConfig:
+    hidden_size: int = option(128, "Width of the tiny Qwen2 model.")
+    num_layers: int = option(4, "Transformer layers.")
+    intermediate_size: int = option(384, "MLP width.")
+    vocab_size: int = option(384, "Byte-level BPE vocabulary, trained on the transcripts' own text.")
+
+
+@dataclass
+class ToolSFTConfig:
+    steps: int = option(300, "SFT optimizer steps.")
+    batch_size: int = option(32, "Examples per SFT step.")
+    lr: float = option(3e-3, "Peak SFT learning rate.")
+    tool_fraction: float = option(0.25, "Share of transcripts that call the tool; the others box a guess.")
+
+
+@dataclass
+class ToolRLConfig:
+    steps: int = option(30, "RL steps.")
+    prompts_per_step: int = option(16, "Prompts per RL step.")
+    group_size: int = option(8, "Samples per prompt.")
+    lr: float = option(2e-4, "RL learning rate.")
+    micro_batch_size: int = option(64, "Samples per forward/backward in the RL update.")
+    max_new_tokens: int = option(64, "Longest response in tokens, model and tool output together.")
+    engine: str = option("hf", "Rollout engine: hf or vllm.", choices=ENGINES)
+
+
+@dataclass
+class ToolDemoConfig:
+    out: str = option("runs/demo-tools", "Directory of everything the demo writes.")
+    seed: int = option(0, "Seed of the model, the data and sampling.")
+    problems: ToolProblemsConfig = option(ToolProblemsConfig(), "The generated problems.")
+    model: ToolModelConfig = option(ToolModelConfig(), "The tiny model built from scratch.")
+    sft: ToolSFTConfig = option(ToolSFTConfig(), "The supervised warm-start on tool and guess transcripts.")
+    rl: ToolRLConfig = option(ToolRLConfig(), "The RL stage (GRPO with the python tool).")
+    tools: ToolsConfig = option(ToolsConfig(name="python", max_tool_calls=2, max_observation_tokens=32, time_limit=5.0),
+                                "The tool, in RL and in both evaluations.")
+    eval_n: int = option(4, "Samples per held-out problem.")
+    eval_temperature: float = option(1.0, "Sampling temperature of the evaluations.")
+
+
+def run_tool_demo(cfg: ToolDemoConfig, log=sys.stdout) -> Path:
+    """Run every stage not yet done; returns the path of ``report.md``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.yaml").write_text(render(cfg) + "\n")
+    steps = {
+        "model": lambda: build_model(cfg, out / "init"),
+        "sft": lambda: warm_start(cfg, out / "init", out / "base"),
+        "eval-base": lambda: evaluate_checkpoint(cfg, out / "base", out / "eval-base"),
+        "rl": lambda: reinforce(cfg, out / "base", out / "rl", out / "final"),
+        "eval-final": lambda: evaluate_checkpoint(cfg, out / "final", out / "eval-final"),
+        "report": lambda: write_report(cfg, out),
+    }
+    return run_stages(out, steps, log, fingerprint(cfg))
+
+
+def _problems(cfg: ToolDemoConfig, split: str, count: int) -> list:
+    import tasks
+
+    return tasks.load(cfg.problems.task, split=split, limit=count, seed=cfg.seed, **cfg.problems.options)
+
+
+def transcript(example: Any, use_tool: bool, rng: random.Random) -> str:
+    """The SFT target: a tool call, its output and the boxed answer; or a boxed guess that keeps the answer's
+    first two digits and draws the rest (wrong unless by chance)."""
+    answer = example.reference
+    if use_tool:
+        call = f"{TAGS.call_start}print({example.metadata['expression']}){TAGS.call_end}"
+        return f"{call}{TAGS.observation_start}{answer}{TAGS.observation_end}The answer is \\boxed{{{answer}}}."
+    guess = answer[:2] + "".join(rng.choice("0123456789") for _ in answer[2:])
+    return f"The answer is \\boxed{{{guess}}}."
+
+
+def build_model(cfg: ToolDemoConfig, model_dir: Path) -> None:
+    """A tiny Qwen2 model with a tokenizer trained on the prompts and both kinds of transcript."""
+    import tasks
+    from rlvr.tiny import TinyModelSpec, build_tiny_model
+
+    rng = random.Random(cfg.seed)
+    corpus = [tasks.render_prompt(e, None, TEMPLATE) + " " + transcript(e, index % 2 == 0, rng)
+              for index, e in enumerate(_problems(cfg, "train", min(cfg.problems.sft_examples, 2000)))]
+    spec = TinyModelSpec(
+        vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size, intermediate_size=cfg.model.intermediate_size,
+        num_layers=cfg.model.num_layers, num_heads=cfg.model.hidden_size // 32, num_kv_heads=cfg.model.hidden_size // 64,
+        seed=cfg.seed,
+    )
+    build_tiny_model(model_dir, spec, corpus)
+
+
+def warm_start(cfg: ToolDemoConfig, init_dir: Path, base_dir: Path) -> None:
+    """SFT on the two kinds of transcript (the tool's output is part of the target here: SFT has no
+    per-token mask; RL's loss leaves it out)."""
+    from rlvr import config, sft
+
+    rng = random.Random(cfg.seed)
+    rows = [{"problem": e.problem, "answer": e.reference, "solution": transcript(e, rng.random() < cfg.sft.tool_fraction, rng)}
+            for e in _problems(cfg, "train", cfg.problems.sft_examples)]
+    data_file = base_dir.parent / "sft_data.jsonl"
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sft_cfg = config.load(sft.SFTConfig, None, [
+        f"model.path={init_dir}", "data.task=jsonl", f"data.path={data_file}", f"data.template={TEMPLATE}",
+        f"data.seed={cfg.seed}", f"optim.steps={cfg.sft.steps}", f"optim.batch_size={cfg.sft.batch_size}",
+        f"optim.micro_batch_size={cfg.sft.batch_size}", f"optim.lr={cfg.sft.lr}", "optim.warmup_steps=20",
+        f"optim.seed={cfg.seed}", f"output.dir={base_dir}", "output.log_every=50",
+    ])
+    sft.train(sft_cfg, log=sys.stdout)
+
+
+def evaluate_checkpoint(cfg: ToolDemoConfig, model_dir: Path, output_dir: Path) -> None:
+    """What ``rlvr eval --tools python`` does, on the held-out split of the generator."""
+    from rlvr.evaluation import evaluate
+
+    evaluate(
+        model_dir, [cfg.problems.task], n=cfg.eval_n, ks=[1, cfg.eval_n], temperature=cfg.eval_temperature, top_p=1.0,
+        max_tokens=cfg.rl.max_new_tokens, template=TEMPLATE, seed=cfg.seed, limit=cfg.problems.eval_problems,
+        split="test", output_dir=output_dir, engine=cfg.rl.engine,
+        engine_options={"gpu_memory_utilization": 0.05} if cfg.rl.engine == "vllm" else None,
+        task_options={cfg.problems.task: cfg.problems.options}, tools=cfg.tools,
+        progress=lambda line: print(f"  {line}", flush=True),
+    )
+
+
+def reinforce(cfg: ToolDemoConfig, base_dir: Path, run_dir: Path, final_dir: Path) -> None:
+    """GRPO with the tool on; resumes from the last checkpoint after an interruption."""
+    import dataclasses
+
+    from rlvr import config
+    from rlvr.train_config import TrainConfig
+    from rlvr.trainer import train
+
+    rl = cfg.rl
+    train_cfg = config.load(TrainConfig, None, [
+        f"model.path={base_dir}", f"data.task={cfg.problems.task}", "data.split=train", f"data.template={TEMPLATE}",
+        f"data.seed={cfg.seed + 1}", f"rollout.engine={rl.engine}", f"rollout.group_size={rl.group_size}",
+        f"rollout.max_new_tokens={rl.max_new_tokens}", "rollout.temperature=1.0", "rollout.gpu_memory_utilization=0.05",
+        "algorithm.estimator=grpo", "algorithm.loss_agg=token-mean", "algorithm.dynamic_sampling=true",
+        "algorithm.max_sampling_rounds=1", f"optim.steps={rl.steps}", f"optim.prompts_per_step={rl.prompts_per_step}",
+        f"optim.mini_batch_size={rl.prompts_per_step * rl.group_size}", f"optim.micro_batch_size={rl.micro_batch_size}",
+        f"optim.lr={rl.lr}", f"optim.seed={cfg.seed}", "verifier.require_boxed=true",
+        f"checkpoint.output_dir={run_dir}", f"checkpoint.every={max(1, rl.steps // 3)}", "checkpoint.keep_last=1",
+    ])
+    train_cfg.data.options = dict(cfg.problems.options)
+    train_cfg.rollout.tools = dataclasses.replace(cfg.tools)
+    final = train(train_cfg, resume=True)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    shutil.copytree(final, final_dir, ignore=shutil.ignore_patterns("trainer_state.pt"))
+
+
+# (label, key of a task's results: avg@N, or a key of its "tools" metrics, see rlvr.rollout.tools.tool_metrics)
+ROWS = (("accuracy (avg@{n})", "avg@{n}"), ("samples that call the tool", "tools/used_fraction"),
+        ("correct through a tool call, of all samples", "accuracy/through_tool"),
+        ("accuracy of samples with a call", "accuracy/with_tool"),
+        ("accuracy of samples without a call", "accuracy/without_tool"),
+        ("tool calls per sample", "tools/calls_per_sample"), ("tool errors per sample", "tools/errors_per_sample"))
+
+
+def write_report(cfg: ToolDemoConfig, out: Path) -> None:
+    """``report.md``: before/after rows from the two ``results.json`` and the stage times."""
+    task = cfg.problems.task
+    results = [json.loads((out / name / "results.json").read_text())["tasks"][task] for name in ("eval-base", "eval-final")]
+    lines = ["| metric | SFT base | after RL |", "|---|---|---|"]
+    for label, key in ROWS:
+        values = []
+        for result in results:
+            value = result.get(key.format(n=cfg.eval_n), result.get("tools", {}).get(key))
+            values.append("n/a" if value is None else (f"{value:.2f}" if "per sample" in label else f"{100 * value:.1f}%"))
+        lines.append(f"| {label.format(n=cfg.eval_n)} | {values[0]} | {values[1]} |")
+    times = {stage: float(path.read_text()) for stage in ("model", "sft", "eval-base", "rl", "eval-final")
+             if (path := out / f".done-{stage}").exists()}
+    text = "\n".join([
+        "# rlvr tool-use demo report", "",
+        f"Held-out problems: {results[0]['num_problems']} from the `{task}` generator's test split ({cfg.problems.options}), "
+        f"{cfg.eval_n} samples each at temperature {cfg.eval_temperature}, with the python tool "
+        f"(at most {cfg.tools.max_tool_calls} calls), scored by the math verifier on the model's own text.", "",
+        *lines, "",
+        f"SFT: {cfg.sft.steps} steps on {cfg.problems.sft_examples} transcripts ({100 * cfg.sft.tool_fraction:.0f}% call the "
+        f"tool). RL: {cfg.rl.steps} steps of {cfg.rl.prompts_per_step} prompts x {cfg.rl.group_size} samples on the "
+        f"{cfg.rl.engine} engine.", "",
+        "Seconds each stage took: " + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in times.items()), "",
+    ])
+    (out / "report.md").write_text(text)
+    print(text, flush=True)
