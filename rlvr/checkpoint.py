@@ -37,16 +37,18 @@ WRITE_ERRORS = (Exception, CheckpointException)
 
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
+VALUE_DIR = "value"  # PPO's value model (rlvr.critic): weights, optimizer, schedule
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def save(
     run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep_last: int = 0,
-    optimizer: torch.optim.Optimizer | None = None, world: World = SINGLE, merged: bool = False,
+    optimizer: torch.optim.Optimizer | None = None, world: World = SINGLE, merged: bool = False, critic: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and prune older ones beyond ``keep_last`` (0: keep all). ``merged``
     (a LoRA policy, whose checkpoint holds the adapter): also base + adapter as a full model in ``merged/``.
+    ``critic`` (PPO's value model, :class:`rlvr.critic.Critic`): its weights, optimizer and schedule in ``value/``.
 
     Every rank calls it (collectives: gathering the model, writing the optimizer shards); ``run_dir`` must be
     one directory all ranks see (a shared file system across machines)."""
@@ -64,6 +66,8 @@ def save(
     barrier(world)
     if world.is_main:
         tokenizer.save_pretrained(staging)
+        if critic is not None:
+            critic.save(staging / VALUE_DIR)
         if merged:
             tokenizer.save_pretrained(staging / lora.MERGED_DIR)
         state = {"step": step, "rng": _rng_states(), **trainer_state}

@@ -19,7 +19,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         config.validate(cfg)
     except ConfigError as error:
         problems.append(str(error))
-    if rollout.group_size < 2:
+    if rollout.group_size < 2 and not group_free(algo.estimator):
         problems.append(
             f"rollout.group_size={rollout.group_size}: group advantage estimators ({algo.estimator}) compare samples "
             "of the same prompt, so they need at least 2 (8 or 16 is usual)"
@@ -49,6 +49,47 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"model.cpu_threads must be 0 (torch's default) or a positive thread count, got {cfg.model.cpu_threads}")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature must be > 0 for RL sampling, got {rollout.temperature}")
+    return problems + label_free_problems(cfg) + gae_problems(cfg)
+
+
+def group_free(estimator: str) -> bool:
+    """Whether the estimator's baseline is not the group's own rewards (ReMax's greedy sample, GAE's value model),
+    so one sample per prompt is enough."""
+    from rlvr.algorithms import ADVANTAGE_ESTIMATORS, is_token_level, uses_greedy_baseline
+
+    return estimator in ADVANTAGE_ESTIMATORS and (uses_greedy_baseline(estimator) or is_token_level(estimator))
+
+
+def label_free_problems(cfg: TrainConfig) -> list[str]:
+    """TTRL (``verifier.ttrl_votes``): enough votes for the trained samples, and no greedy-baseline estimator
+    (a greedy sample alone would vote for itself)."""
+    from rlvr.algorithms import ADVANTAGE_ESTIMATORS, uses_greedy_baseline
+
+    votes = cfg.verifier.ttrl_votes
+    if votes == 0:
+        return []
+    problems = []
+    if votes < cfg.rollout.group_size:
+        problems.append(f"verifier.ttrl_votes={votes} must be 0 (off) or at least rollout.group_size={cfg.rollout.group_size}: "
+                        "the trained samples are the first group_size of the votes (TTRL: 64 votes, 32 trained)")
+    if cfg.algorithm.estimator in ADVANTAGE_ESTIMATORS and uses_greedy_baseline(cfg.algorithm.estimator):
+        problems.append(f"algorithm.estimator={cfg.algorithm.estimator} with verifier.ttrl_votes: its greedy baseline sample would vote alone and "
+                        "always agree with itself; use grpo (TTRL's choice) or another group estimator")
+    return problems
+
+
+def gae_problems(cfg: TrainConfig) -> list[str]:
+    """PPO with a value model: GAE's gamma and lambdas in [0, 1], a positive alpha and value lr, warm-up >= 0."""
+    gae = cfg.algorithm.gae
+    problems = [f"algorithm.gae.{name} must be in [0, 1], got {getattr(gae, name)}"
+                for name in ("gamma", "lam", "critic_lam") if not 0.0 <= getattr(gae, name) <= 1.0]
+    if gae.length_adaptive_alpha is not None and gae.length_adaptive_alpha <= 0:
+        problems.append(f"algorithm.gae.length_adaptive_alpha must be positive (VAPO: 0.05) or null, got {gae.length_adaptive_alpha}")
+    if gae.value_clip is not None and gae.value_clip <= 0:
+        problems.append(f"algorithm.gae.value_clip must be positive (e.g. 0.2) or null, got {gae.value_clip}")
+    if gae.value_lr <= 0 or gae.value_warmup_steps < 0:
+        problems.append(f"algorithm.gae.value_lr must be positive and value_warmup_steps >= 0 "
+                        f"(got {gae.value_lr}, {gae.value_warmup_steps})")
     return problems
 
 
@@ -77,7 +118,7 @@ def environment_problems(cfg: TrainConfig) -> list[str]:
         )
     try:
         examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed,
-                          **cfg.data.options)
+                              require_answers=not cfg.verifier.ttrl_votes, **cfg.data.options)
     except Exception as error:  # any loading failure is reported with the task's own message
         problems.append(f"data: {error}")
         examples = []

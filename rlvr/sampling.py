@@ -13,11 +13,12 @@ import torch
 
 import verifiers
 from rlvr import distributed
-from rlvr.algorithms import dynamic_sampling_mask
+from rlvr.algorithms import dynamic_sampling_mask, uses_greedy_baseline
 from rlvr.distributed import SINGLE, World
 from rlvr.rollout.base import Completion, RolloutEngine, ToolUse
 from rlvr.rollout.tools import tool_metrics
 from rlvr.train_config import TrainConfig
+from verifiers.ttrl import VoteStats, vote_verdicts
 
 
 @dataclass
@@ -69,11 +70,16 @@ class Rewarder:
 
     :meth:`submit` verifies in a background thread, so verification overlaps with whatever the caller does
     next (generating the other groups, see :func:`generate_and_score`). Close it (or use it as a context
-    manager) to stop that thread."""
+    manager) to stop that thread.
+
+    With ``ttrl_trained`` (TTRL, label-free), each run of samples of one example is a vote: its majority
+    answer is the pseudo-label, and only its first ``ttrl_trained`` samples get verdicts, rewarded for agreeing
+    with the label (:func:`verifiers.ttrl.vote_verdicts`)."""
 
     def __init__(self, options: dict[str, Any], workers: int | None = None,
-                 own_options: dict[str, dict[str, Any]] | None = None):
+                 own_options: dict[str, dict[str, Any]] | None = None, ttrl_trained: int | None = None):
         self.options = options  # shared: each verifier takes those its constructor accepts
+        self.ttrl_trained = ttrl_trained
         self.own_options = own_options or {}  # per verifier name: each must be one that verifier accepts
         for name, own in self.own_options.items():
             verifiers.check_options(name, own)
@@ -88,7 +94,9 @@ class Rewarder:
         return self._verifiers[name]
 
     def score(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:
-        """Verdicts in input order; each verifier checks its share of the batch in parallel."""
+        """Verdicts in input order; each verifier checks its share of the batch in parallel (TTRL: see the class)."""
+        if self.ttrl_trained is not None:
+            return self._score_by_vote(completions, examples)
         verdicts: list[verifiers.Verdict | None] = [None] * len(completions)
         by_verifier: dict[str, list[int]] = {}
         for index, example in enumerate(examples):
@@ -100,6 +108,18 @@ class Rewarder:
             for index, verdict in zip(indices, results, strict=True):
                 verdicts[index] = verdict
         return verdicts  # type: ignore[return-value]
+
+    def _score_by_vote(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:
+        verdicts: list[verifiers.Verdict] = []
+        start = 0
+        while start < len(completions):
+            example, stop = examples[start], start + 1
+            while stop < len(completions) and examples[stop] is example:
+                stop += 1
+            verdicts.extend(vote_verdicts(self.verifier(example.verifier), completions[start:stop], example.reference,
+                                          self.ttrl_trained))
+            start = stop
+        return verdicts
 
     def submit(self, completions: list[str], examples: list[Any]) -> Future[list[verifiers.Verdict]]:
         """:meth:`score` in the background, one submitted batch after another (each batch is itself
@@ -173,6 +193,8 @@ class Rollouts:
     verifier_names: list[str] = field(default_factory=list)
     loss_masks: list[list[int]] = field(default_factory=list)  # per token: 1 the model's, 0 a tool's output
     tool_uses: list[ToolUse | None] = field(default_factory=list)
+    baseline_rewards: list[float] = field(default_factory=list)  # ReMax: the reward of its prompt's greedy sample
+    votes: list[VoteStats | None] = field(default_factory=list)  # TTRL: its prompt's vote
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -189,16 +211,33 @@ class Rollouts:
                 getattr(self, name).extend(v for g in groups for v in values[g * size : (g + 1) * size])
 
 
+def needs_greedy_baseline(config: TrainConfig) -> bool:
+    """Whether the advantage estimator takes the reward of a greedy sample per prompt (ReMax)."""
+    return uses_greedy_baseline(config.algorithm.estimator)
+
+
 def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: TrainConfig, seed: int) -> tuple[Rollouts, dict[str, float]]:
-    """Generate ``group_size`` completions per prompt and score them (verification overlapping generation)."""
+    """Generate ``group_size`` completions per prompt and score them (verification overlapping generation).
+
+    TTRL (``verifier.ttrl_votes``): ``ttrl_votes`` completions per prompt vote, the first ``group_size`` are
+    kept. An estimator with a greedy baseline (ReMax): one more completion per prompt at temperature 0, scored
+    by the same verifier, whose reward is kept as the group's baseline (it is not trained on)."""
+    size = config.rollout.group_size
+    ids, examples = [p.token_ids for p in prompts], [p.example for p in prompts]
+    limits = {"max_new_tokens": config.rollout.max_new_tokens, "seed": seed}
     groups, verdicts, timings = generate_and_score(
-        engine, [p.token_ids for p in prompts], [p.example for p in prompts], rewarder,
-        n=config.rollout.group_size, max_new_tokens=config.rollout.max_new_tokens,
-        temperature=config.rollout.temperature, top_p=config.rollout.top_p, seed=seed,
+        engine, ids, examples, rewarder, n=max(size, config.verifier.ttrl_votes),
+        temperature=config.rollout.temperature, top_p=config.rollout.top_p, **limits,
     )
-    rollouts = Rollouts(config.rollout.group_size)
-    for prompt, completions, group_verdicts in zip(prompts, groups, verdicts, strict=True):
-        for completion, verdict in zip(completions, group_verdicts, strict=True):
+    baselines = [0.0] * len(prompts)
+    if needs_greedy_baseline(config):
+        _, greedy_verdicts, greedy_timings = generate_and_score(engine, ids, examples, rewarder, n=1, temperature=0.0,
+                                                                top_p=1.0, **limits)
+        baselines = [group[0].reward for group in greedy_verdicts]
+        timings = {name: timings[name] + greedy_timings[name] for name in timings}
+    rollouts = Rollouts(size)
+    for prompt, completions, group_verdicts, baseline in zip(prompts, groups, verdicts, baselines, strict=True):
+        for completion, verdict in zip(completions[:size], group_verdicts, strict=True):
             rollouts.prompt_ids.append(prompt.token_ids)
             rollouts.completion_ids.append(list(completion.token_ids))
             rollouts.sampler_logprobs.append(list(completion.logprobs))
@@ -210,6 +249,8 @@ def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: Trai
             rollouts.reasons.append(verdict.reason)
             rollouts.loss_masks.append(completion.loss_mask or [1] * len(completion.token_ids))
             rollouts.tool_uses.append(completion.tool_use)
+            rollouts.baseline_rewards.append(baseline)
+            rollouts.votes.append(verdict.details.get("vote"))
     return rollouts, timings
 
 
@@ -235,7 +276,7 @@ def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: T
         timings.update(round_timings)
         everything.extend_groups(rollouts, list(range(len(mine))))
         if config.algorithm.dynamic_sampling:
-            signal = dynamic_sampling_mask(torch.tensor(rollouts.rewards), size).tolist()
+            signal = group_signal(rollouts, needs_greedy_baseline(config))
         else:
             signal = [True] * len(mine)
         whole_round = [flag for rank_signal in distributed.all_gather(world, signal) for flag in rank_signal]
@@ -254,12 +295,23 @@ def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: T
     return kept, metrics
 
 
+def group_signal(rollouts: Rollouts, greedy_baseline: bool) -> list[bool]:
+    """DAPO dynamic sampling: per group, whether its rewards are not all equal. With a greedy baseline (ReMax)
+    the baseline's reward counts as one more member: a group that all matches its greedy sample has zero
+    advantages, one that differs from it has signal, even with one sample per prompt."""
+    rewards = torch.tensor(rollouts.rewards).reshape(-1, rollouts.group_size)
+    if greedy_baseline:
+        rewards = torch.cat([rewards, torch.tensor(rollouts.baseline_rewards).reshape(-1, rollouts.group_size)[:, :1]], dim=1)
+    return dynamic_sampling_mask(rewards.reshape(-1), rewards.shape[1]).tolist()
+
+
 def sample_metrics(everything: Rollouts, kept_groups: int, rounds: int, world: World = SINGLE) -> dict[str, float]:
     """Reward, accuracy (overall and per verifier), lengths and verifier failures over all samples drawn
     (by every rank)."""
     columns = {"rewards": everything.rewards, "correct": everything.correct, "truncated": everything.truncated,
                "reasons": everything.reasons, "verifier_names": everything.verifier_names,
-               "lengths": [len(ids) for ids in everything.completion_ids], "tool_uses": everything.tool_uses}
+               "lengths": [len(ids) for ids in everything.completion_ids], "tool_uses": everything.tool_uses,
+               "votes": everything.votes}
     drawn = {name: [value for rank_columns in distributed.all_gather(world, columns) for value in rank_columns[name]]
              for name in columns} if world.distributed else columns
     rewards, lengths, correct = torch.tensor(drawn["rewards"]), torch.tensor(drawn["lengths"], dtype=torch.float32), drawn["correct"]
@@ -280,4 +332,21 @@ def sample_metrics(everything: Rollouts, kept_groups: int, rounds: int, world: W
     metrics["verifier/errors"] = float(verdicts.errors)
     metrics["verifier/failure_share"] = (verdicts.timeouts + verdicts.errors) / len(correct)  # see faults.check_verifier_failures
     metrics.update(tool_metrics(drawn["tool_uses"], correct))
+    metrics.update(vote_metrics(drawn["votes"]))
+    return metrics
+
+
+def vote_metrics(votes: list[VoteStats | None]) -> dict[str, float]:
+    """TTRL: mean agreement with the pseudo-label and vote entropy over the trained samples (each prompt weighs
+    as its trained samples); where gold answers exist, how often the pseudo-label is right
+    (``ttrl/label_accuracy``) and how often the trained samples are (``ttrl/gold_accuracy``)."""
+    cast = [vote for vote in votes if vote is not None]
+    if not cast:
+        return {}
+    metrics = {"ttrl/agreement": sum(v.agreement for v in cast) / len(cast),
+               "ttrl/vote_entropy": sum(v.entropy for v in cast) / len(cast)}
+    graded = [vote for vote in cast if vote.label_correct is not None]
+    if graded:
+        metrics["ttrl/label_accuracy"] = sum(bool(v.label_correct) for v in graded) / len(graded)
+        metrics["ttrl/gold_accuracy"] = sum(bool(v.gold_correct) for v in graded) / len(graded)
     return metrics

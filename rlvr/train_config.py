@@ -97,8 +97,21 @@ class LengthConfig:
 
 
 @dataclass
+class GaeConfig:
+    gamma: float = option(1.0, "GAE discount per token (1.0: none, the usual choice for one reward at the end).")
+    lam: float = option(0.95, "GAE lambda of the policy's advantages (1.0: Monte-Carlo returns minus the value; 0: one-step TD errors).")
+    critic_lam: float = option(1.0, "GAE lambda of the value model's targets (VAPO decoupled GAE: 1.0, unbiased returns for the critic).")
+    length_adaptive_alpha: float | None = option(None, "VAPO length-adaptive lambda: the policy's lambda is 1 - 1/(alpha * length) per sample, in place of lam (VAPO: 0.05; null: off).")
+    value_lr: float = option(1e-5, "Peak learning rate of the value model's own AdamW (same warm-up and schedule as the policy's).")
+    value_coef: float = option(1.0, "Weight of the value loss (the value model has its own optimizer, so this scales its gradients before max_grad_norm clipping).")
+    value_clip: float | None = option(0.2, "Clip of the value update: a new value counts at most this far from the one the advantages were computed with (PPO's clipped value loss; null: off).")
+    value_warmup_steps: int = option(0, "Training steps at the start in which only the value model learns (VAPO value pre-training); the policy is not updated.")
+    whiten: bool = option(True, "Whiten the advantages (zero mean, unit variance over the batch's model tokens), as PPO implementations do.")
+
+
+@dataclass
 class AlgorithmConfig:
-    estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo or reinforce_pp_baseline.",
+    estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp_baseline, remax (baseline: the reward of a greedy sample per prompt) or gae (PPO with a value model, see algorithm.gae).",
                             choices=Registered("rlvr.algorithms:ADVANTAGE_ESTIMATORS"))
     loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.",
                            choices=Registered("rlvr.algorithms:LOSS_AGGREGATIONS"))
@@ -112,6 +125,7 @@ class AlgorithmConfig:
     max_sampling_rounds: int = option(3, "Most extra sampling rounds per step to fill the batch when dynamic sampling.")
     tis_cap: float | None = option(None, "Truncated importance-sampling cap for the sampler/trainer mismatch (null: off).")
     length: LengthConfig = option(LengthConfig(), "Length regularization; any combination may be on.")
+    gae: GaeConfig = option(GaeConfig(), "PPO with a value model (estimator gae): GAE, the value model's loss and optimizer, VAPO's options.")
 
 
 @dataclass
@@ -144,6 +158,7 @@ class VerifierConfig:
                           choices=Registered("sandboxes:available", extra=("auto",)))
     workers: int | None = option(None, "Verifier processes, for every verifier (null: one per CPU core).")
     options: dict[str, dict[str, Any]] = option({}, "Any other constructor option, per verifier name, e.g. {random: {p: 0.3, seed: 0}, math: {rel_tol: 1.0e-6}}.")
+    ttrl_votes: int = option(0, "TTRL, label-free RL: samples drawn per prompt to vote on its answer (>= rollout.group_size; the paper: 64 votes, group_size 32). The majority answer by the verifier's equivalence is the pseudo-label; the first group_size samples are trained, rewarded 1 when they agree with it. Data rows need no gold answer. 0: off (rewards from the gold answers).")
 
 
 @dataclass

@@ -13,14 +13,15 @@ import torch
 import rlvr.rollout
 import tasks
 from rlvr import checkpoint, config, distributed, faults, lora
-from rlvr.algorithms import compute_advantages, shape_rewards
+from rlvr.algorithms import compute_advantages, is_token_level, shape_rewards
+from rlvr.critic import Critic, build_critic
 from rlvr.distributed import SINGLE, World
 from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
 from rlvr.models import resolve_model_path
 from rlvr.policy import load_policy
 from rlvr.rollout.base import resolve_dtype
 from rlvr.rollout.tools import with_tools
-from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts
+from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts, needs_greedy_baseline
 from rlvr.tracking import MetricsLogger
 from rlvr.train_config import TrainConfig
 from rlvr.update import TrainBatch, per_sample_logprobs, update_policy
@@ -59,6 +60,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
     stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
     optimizer, scheduler = build_optimizer(policy, cfg)
+    critic = build_critic(cfg, tokenizer.pad_token_id, build_optimizer, resume_from)  # PPO's value model (gae), else None
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     start_step = 0
     if resume_from is not None:
@@ -85,7 +87,8 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
         adapter_sync(policy, start_step)
     engine = with_tools(engine, tokenizer, cfg.rollout.tools)  # the engine itself unless rollout.tools.name is set
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
-    rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options)
+    rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options,
+                        ttrl_trained=cfg.rollout.group_size if cfg.verifier.ttrl_votes else None)
     logger = MetricsLogger(run_dir, cfg.optim.steps, start_step, cfg.logging.tensorboard,
                            cfg.logging.wandb_project, config.to_dict(cfg), wandb_mode=cfg.logging.wandb_mode) if world.is_main else None
     last_saved = None
@@ -105,16 +108,20 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
             if rollouts.total_groups == 0:
                 note = "no update: no group carried signal after all sampling rounds"
             else:
-                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id, world)
+                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id, world, critic)
                 metrics.update(shaping_metrics)
                 if metrics["samples/in_loss"] == 0:
                     note = "no update: every sample is masked out of the loss (overlong_filter: all truncated)"
                 else:
                     metrics["update/nothing_to_learn"] = 0.0
                     train_started = time.monotonic()
-                    metrics.update(update_policy(policy, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id, generator, world))
+                    updated, policy_changed = update_models(policy, critic, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id,
+                                                            generator, world, step)
+                    metrics.update(updated)
                     sync_started = time.monotonic()
-                    if adapter_sync is not None:
+                    if not policy_changed:
+                        note = "value warm-up: only the value model learned (algorithm.gae.value_warmup_steps)"
+                    elif adapter_sync is not None:
                         adapter_sync(policy, step)
                     else:
                         engine.update_weights(distributed.full_parameters(policy))
@@ -137,7 +144,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
                 try:
                     last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
                         "scheduler": scheduler.state_dict(), "data": stream.state_dict(), "update_rng": generator.get_state(),
-                    }, cfg.checkpoint.keep_last, optimizer, world, merged=adapter and merge_lora_at(cfg, step))
+                    }, cfg.checkpoint.keep_last, optimizer, world, merged=adapter and merge_lora_at(cfg, step), critic=critic)
                 except checkpoint.WRITE_ERRORS as error:  # a full disk, a lost mount: the last good one stays the latest
                     raise checkpoint.failed(run_dir, step, error) from error
             if stopping:
@@ -156,10 +163,23 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
 
 
 def check_world(cfg: TrainConfig, world: World) -> None:
-    """Every rank needs at least one prompt of each sampling round."""
+    """Every rank needs at least one prompt of each sampling round; PPO's value model runs on one process."""
     if cfg.optim.prompts_per_step < world.size:
         raise ValueError(f"optim.prompts_per_step={cfg.optim.prompts_per_step} is less than the {world.size} ranks of this "
                          "job: each rank samples a share of a step's prompts; raise it or start fewer ranks")
+    if is_token_level(cfg.algorithm.estimator) and world.distributed:
+        raise ValueError(f"algorithm.estimator={cfg.algorithm.estimator} trains a value model, which is not sharded across ranks yet: run it as one "
+                         "process (without torchrun), or use a group estimator (grpo, rloo, ...) for data-parallel runs")
+
+
+def update_models(policy, critic: Critic | None, optimizer, scheduler, batch: TrainBatch, cfg: TrainConfig, pad_id: int,
+                  generator: torch.Generator, world: World, step: int) -> tuple[dict[str, float], bool]:
+    """The value model's update (PPO with ``gae``), then the policy's unless the value model is still warming up
+    (``algorithm.gae.value_warmup_steps``); returns the metrics and whether the policy changed."""
+    metrics = critic.update(batch, generator) if critic is not None else {}
+    if critic is not None and critic.warming_up(step):
+        return {**metrics, "update/nonfinite_skipped": 0.0}, False
+    return {**metrics, **update_policy(policy, optimizer, scheduler, batch, cfg, pad_id, generator, world)}, True
 
 
 def merge_lora_at(cfg: TrainConfig, step: int) -> bool:
@@ -170,7 +190,7 @@ def merge_lora_at(cfg: TrainConfig, step: int) -> bool:
 def build_prompts(cfg: TrainConfig, tokenizer) -> list[Prompt]:
     """Load the task, render each example with the prompt template, drop over-long prompts."""
     examples = tasks.load(cfg.data.task, split=cfg.data.split, path=cfg.data.path, limit=cfg.data.limit, seed=cfg.data.seed,
-                          **cfg.data.options)
+                          require_answers=not cfg.verifier.ttrl_votes, **cfg.data.options)  # TTRL needs no gold answers
     prompts, dropped = [], 0
     for example in examples:
         if cfg.verifier.name != "task":  # e.g. the random-reward control scores every example
@@ -205,14 +225,15 @@ def evaluate_during_training(engine, tokenizer, examples: dict[str, list], cfg: 
 
 
 def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, pad_id: int,
-                      world: World = SINGLE) -> tuple[TrainBatch, dict[str, float]]:
-    """Shape rewards for length, compute group advantages, and the log-probs the loss compares to.
+                      world: World = SINGLE, critic: Critic | None = None) -> tuple[TrainBatch, dict[str, float]]:
+    """Shape rewards for length, compute group advantages (or, with a ``critic``, per-token GAE advantages),
+    and the log-probs the loss compares to.
 
     Shaping and advantages are computed over the whole batch (every rank's scores, in batch order: some
     estimators normalise over the batch), then each rank keeps its samples' values."""
     scores = distributed.gather_by_position(world, rollouts.positions, {
         "rewards": rollouts.rewards, "lengths": [sum(mask) for mask in rollouts.loss_masks],  # the model's tokens
-        "truncated": rollouts.truncated, "correct": rollouts.correct,
+        "truncated": rollouts.truncated, "correct": rollouts.correct, "baselines": rollouts.baseline_rewards,
     })
     shaped, sample_mask = shape_rewards(
         torch.tensor(scores["rewards"]), torch.tensor(scores["lengths"], dtype=torch.float32), torch.tensor(scores["truncated"]),
@@ -220,9 +241,13 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
         **dataclasses.asdict(cfg.algorithm.length),
     )
     mine = torch.tensor(rollouts.positions, dtype=torch.long)
+    if critic is not None:  # per-token advantages from the value model, below
+        advantages = torch.zeros(len(shaped))
+    else:
+        baseline = torch.tensor(scores["baselines"]) if needs_greedy_baseline(cfg) else None
+        advantages = compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator, baseline=baseline)
     batch = TrainBatch(
-        prompt_ids=rollouts.prompt_ids, completion_ids=rollouts.completion_ids,
-        advantages=compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator)[mine],
+        prompt_ids=rollouts.prompt_ids, completion_ids=rollouts.completion_ids, advantages=advantages[mine],
         sample_mask=sample_mask.float()[mine], sampler_logprobs=rollouts.sampler_logprobs,
         positions=rollouts.positions, global_size=len(shaped),
         loss_masks=rollouts.loss_masks if any(use is not None for use in rollouts.tool_uses) else None,
@@ -237,6 +262,8 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
         with lora.adapter_disabled(policy):
             batch.ref_logprobs = per_sample_logprobs(policy, batch, everyone, cfg, pad_id, world)
     metrics = {"reward/shaped_mean": shaped.mean().item(), "samples/in_loss": sample_mask.float().sum().item()}
+    if critic is not None:
+        metrics.update(critic.advantages(batch, shaped[mine]))
     return batch, metrics
 
 

@@ -29,6 +29,9 @@ class TrainBatch:
     old_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when the update is off-policy
     ref_logprobs: list[torch.Tensor] | None = None  # per sample [T_i], when a KL penalty is on
     loss_masks: list[list[int]] | None = None  # per sample [T_i]: 1 a model token, 0 a tool's output (None: all 1)
+    token_advantages: list[torch.Tensor] | None = None  # per sample [T_i], replacing advantages (GAE, rlvr.critic)
+    returns: list[torch.Tensor] | None = None  # per sample [T_i]: the value model's targets (GAE)
+    old_values: list[torch.Tensor] | None = None  # per sample [T_i]: the values the advantages were computed with
     positions: list[int] | None = None
     global_size: int | None = None
 
@@ -287,8 +290,12 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
     sampler_gap = ((old - sampler).abs() * mask).sum() / mask.sum().clamp(min=1)
     is_weights = truncated_is_weights(old, sampler, algo.tis_cap) if algo.tis_cap is not None else None
     reduce = {"agg": algo.loss_agg, "norm_len": config.rollout.max_new_tokens, "denominator": denominator}
+    if batch.token_advantages is not None:
+        advantages = pad_rows([batch.token_advantages[i] for i in chosen], width, device)
+    else:
+        advantages = batch.advantages[chosen].to(device)
     loss, metrics = policy_loss(
-        stats.logprobs, old, batch.advantages[chosen].to(device), mask,
+        stats.logprobs, old, advantages, mask,
         clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip, is_weights=is_weights, **reduce,
     )
     entropy = aggregate_loss(stats.entropy, mask, **reduce)

@@ -57,12 +57,17 @@ def load(
     path: str | Path | None = None,
     limit: int | None = None,
     seed: int | None = None,
+    *,
+    require_answers: bool = True,
     **options: Any,
 ) -> list[Example]:
     """Examples of task ``name``: from ``path`` when given, else its default source (the hub for data
     sets, which ``datasets`` serves from its cache when offline). With ``seed`` the examples are
     shuffled before ``limit`` cuts them. ``options``: ``<role>_column="NAME"`` to map columns of a
-    data set (roles: problem, answer, solution, id, tests, ...), difficulty knobs for generators."""
+    data set (roles: problem, answer, solution, id, tests, ...), difficulty knobs for generators.
+    ``require_answers=False`` keeps rows without a gold answer (reference None), for label-free training."""
+    if not require_answers:  # only then: a plug-in task's own load() need not know the keyword
+        options["require_answers"] = False
     return get(name).load(split=split, path=path, limit=limit, seed=seed, **options)
 
 

@@ -51,8 +51,10 @@ class HubSource:
 class Row:
     """One source row plus where it came from, so that every error can say which row and column."""
 
-    def __init__(self, data: dict[str, Any], number: int, source: str, columns: dict[str, tuple[str, ...]]):
+    def __init__(self, data: dict[str, Any], number: int, source: str, columns: dict[str, tuple[str, ...]],
+                 answer_optional: bool = False):
         self.data = data
+        self.answer_optional = answer_optional  # a row without a gold answer gets reference None (TTRL)
         self.number = number  # 1-based
         self.source = source
         self.columns = columns
@@ -143,10 +145,14 @@ class TaskSpec:
         path: str | Path | None = None,
         limit: int | None = None,
         seed: int | None = None,
+        *,
+        require_answers: bool = True,
         **options: Any,
     ) -> list[Example]:
         """Examples of ``split`` from the default source or the local file ``path``; shuffled by
-        ``seed`` when given, then cut to ``limit``. ``options`` are per task (column names, knobs)."""
+        ``seed`` when given, then cut to ``limit``. ``options`` are per task (column names, knobs).
+        ``require_answers=False`` keeps rows without a gold answer, with reference None (label-free
+        training, TTRL); by default they are skipped with a warning."""
         raise NotImplementedError
 
 
@@ -181,6 +187,8 @@ class DataTask(TaskSpec):
         path: str | Path | None = None,
         limit: int | None = None,
         seed: int | None = None,
+        *,
+        require_answers: bool = True,
         **options: Any,
     ) -> list[Example]:
         columns = self._columns_with(options)
@@ -195,7 +203,7 @@ class DataTask(TaskSpec):
         examples, unanswered = [], []
         for number, data in enumerate(rows, start=1):
             try:
-                examples.append(self._example(Row(data, number, source, columns)))
+                examples.append(self._example(Row(data, number, source, columns, answer_optional=not require_answers)))
             except NoGoldAnswer as error:
                 unanswered.append(error)
         if unanswered and not examples:

@@ -51,10 +51,13 @@ class GeneratedTask(TaskSpec):
         path: str | Path | None = None,
         limit: int | None = None,
         seed: int | None = None,
+        *,
+        require_answers: bool = True,
         **options: Any,
     ) -> list[Example]:
         """``limit`` examples (default 1000) of the stream named by ``split`` (default "train") and ``seed``
-        (default 0); ``options`` are the difficulty knobs."""
+        (default 0); ``options`` are the difficulty knobs. Generated problems always have answers, so
+        ``require_answers`` changes nothing."""
         if path is not None:
             raise TaskDataError(f"task {self.name!r} generates its problems; it reads no file (drop path=)")
         if limit is not None and limit < 0:

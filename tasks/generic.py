@@ -25,12 +25,14 @@ class UserDataTask(DataTask):
         path: str | Path | None = None,
         limit: int | None = None,
         seed: int | None = None,
+        *,
+        require_answers: bool = True,
         **options: Any,
     ) -> list[Example]:
         if "tests_column" in options:
             as_code = dataclasses.replace(self, kind="code", verifier="code", convert=tests_row, columns=TESTS_COLUMNS)
             return DataTask.load(as_code, split, path, limit, seed, **options)
-        return super().load(split, path, limit, seed, **options)
+        return super().load(split, path, limit, seed, require_answers=require_answers, **options)
 
 
 def user_data_task(summary: str, hub: HubSource | None = None) -> UserDataTask:

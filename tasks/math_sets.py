@@ -50,22 +50,12 @@ def math_rows(alternatives: bool = False, clean_problem: Callable[[str], str] | 
         if isinstance(answer, str) and "####" in answer:
             reasoning, answer = after_hashes(answer)
             solution = solution or reasoning
-        if answer is None or answer == "" or answer == []:
-            if solution is None:
-                raise row.error(
-                    f"no gold answer: {_looked_for(row, 'answer')} is missing or empty and there is no solution "
-                    f"({_looked_for(row, 'solution')}) to take a \\boxed{{}} answer from; the row has "
-                    f"{', '.join(map(repr, row.data))}. Pass answer_column='NAME' to say which column holds it.",
-                    NoGoldAnswer,
-                )
-            answer = last_boxed(solution)
-            if answer is None:
-                raise row.error(
-                    "no answer column and no \\boxed{...} in its solution to take the answer from", NoGoldAnswer
-                )
-        reference = clean_answer(answer)
-        if not reference:
-            raise row.error(f"the answer {answer!r} is empty after normalisation", NoGoldAnswer)
+        try:
+            reference = _gold_answer(row, answer, solution)
+        except NoGoldAnswer:
+            if not row.answer_optional:
+                raise
+            reference = None
         example_id = row.get("id", required=False)
         metadata = {**row.rest(), **metadata}
         if solution is not None:
@@ -73,6 +63,26 @@ def math_rows(alternatives: bool = False, clean_problem: Callable[[str], str] | 
         return example_id, problem, reference, metadata
 
     return convert
+
+
+def _gold_answer(row: Row, answer: Any, solution: str | None) -> str:
+    """The row's normalised gold answer: its answer column, else the last ``\\boxed{}`` of its solution;
+    :class:`NoGoldAnswer` when it has neither."""
+    if answer is None or answer == "" or answer == []:
+        if solution is None:
+            raise row.error(
+                f"no gold answer: {_looked_for(row, 'answer')} is missing or empty and there is no solution "
+                f"({_looked_for(row, 'solution')}) to take a \\boxed{{}} answer from; the row has "
+                f"{', '.join(map(repr, row.data))}. Pass answer_column='NAME' to say which column holds it.",
+                NoGoldAnswer,
+            )
+        answer = last_boxed(solution)
+        if answer is None:
+            raise row.error("no answer column and no \\boxed{...} in its solution to take the answer from", NoGoldAnswer)
+    reference = clean_answer(answer)
+    if not reference:
+        raise row.error(f"the answer {answer!r} is empty after normalisation", NoGoldAnswer)
+    return reference
 
 
 def _is_answer(value: Any) -> bool:

@@ -129,7 +129,8 @@ def test_config_problems_are_all_reported_together():
     cfg.algorithm.estimator = "gpro"  # set in Python: the loader would have refused it already
     problems = preflight.config_problems(cfg)
     text = "\n".join(problems)
-    assert "algorithm.estimator: 'gpro' is not one of the valid choices 'dr_grpo', 'grpo', 'reinforce_pp_baseline', 'rloo'" in text
+    assert ("algorithm.estimator: 'gpro' is not one of the valid choices 'dr_grpo', 'gae', 'grpo', 'reinforce_pp_baseline', "
+            "'remax', 'rloo'") in text
     assert "rollout.group_size=1" in text and "at least 2" in text
     assert "micro_batch_size=512 is larger than optim.mini_batch_size=256" in text
     assert "dual_clip must be > 1" in text

@@ -86,6 +86,11 @@ class MathVerifier(Verifier):
         self._pool.start(workers or os.cpu_count() or 1)
         return super().verify_batch(completions, references, workers)
 
+    def final_answer(self, completion: str) -> str | None:
+        """The answer :meth:`verify` reads from ``completion`` (its last extracted one), None when there is none."""
+        answers = extract_answers(str(completion), require_boxed=self.require_boxed, mode=self.extraction).answers
+        return answers[-1] if answers else None
+
     def verify(self, completion: str, reference: Any) -> Verdict:
         """The verdict for ``completion`` against the gold answer ``reference`` (a string, a
         number, or a list of acceptable answers). Never raises."""

@@ -4,14 +4,16 @@ Everything the trainer computes between "rewards came back" and "loss.backward()
 one module per family, so the variants of a family can be compared line by line:
 
 * :mod:`~rlvr.algorithms.advantages`: advantage estimators (:data:`ADVANTAGE_ESTIMATORS`,
-  :func:`compute_advantages`): ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp_baseline``; DAPO dynamic sampling;
+  :func:`compute_advantages`): ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp_baseline``, ``remax``; DAPO dynamic sampling;
 * :mod:`~rlvr.algorithms.policy_losses`: the PPO clipped surrogate with decoupled clip range, dual clip and
   truncated importance sampling (:func:`policy_loss`);
 * :mod:`~rlvr.algorithms.aggregation`: loss aggregations (:data:`LOSS_AGGREGATIONS`, :func:`aggregate_loss`);
 * :mod:`~rlvr.algorithms.kl`: KL estimators against a reference model (:data:`KL_ESTIMATORS`, :func:`kl_penalty`);
 * :mod:`~rlvr.algorithms.logprobs`: memory-light per-token log-probabilities and entropy
   (:func:`token_logprobs`, :func:`entropy_from_logits`);
-* :mod:`~rlvr.algorithms.length`: length regularization (:data:`LENGTH_SHAPERS`, :func:`shape_rewards`).
+* :mod:`~rlvr.algorithms.length`: length regularization (:data:`LENGTH_SHAPERS`, :func:`shape_rewards`);
+* :mod:`~rlvr.algorithms.value`: PPO with a value model: GAE (the ``gae`` estimator, :func:`gae_advantages`),
+  VAPO's length-adaptive lambda, advantage whitening and the clipped value loss (:func:`value_loss`).
 
 Every public name is importable from ``rlvr.algorithms`` itself.
 
@@ -19,7 +21,13 @@ Shapes: ``N`` samples in contiguous groups of ``group_size`` (sample ``i`` belon
 ``i // group_size``); ``B`` sequences by ``T`` completion tokens with a 0/1 ``mask`` over real tokens.
 """
 
-from rlvr.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, dynamic_sampling_mask
+from rlvr.algorithms.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    compute_advantages,
+    dynamic_sampling_mask,
+    is_token_level,
+    uses_greedy_baseline,
+)
 from rlvr.algorithms.aggregation import LOSS_AGGREGATIONS, aggregate_loss
 from rlvr.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from rlvr.algorithms.length import (
@@ -33,6 +41,7 @@ from rlvr.algorithms.length import (
 )
 from rlvr.algorithms.logprobs import entropy_from_logits, token_logprobs
 from rlvr.algorithms.policy_losses import policy_loss, truncated_is_weights
+from rlvr.algorithms.value import gae_advantages, last_token_rewards, length_adaptive_lambda, value_loss, whiten
 from rlvr.metrics import pass_at_k
 
 __all__ = [
@@ -45,8 +54,12 @@ __all__ = [
     "compute_advantages",
     "dynamic_sampling_mask",
     "entropy_from_logits",
+    "gae_advantages",
+    "is_token_level",
     "kimi_length_penalty",
     "kl_penalty",
+    "last_token_rewards",
+    "length_adaptive_lambda",
     "overlong_filter_mask",
     "overlong_penalty",
     "pass_at_k",
@@ -55,4 +68,7 @@ __all__ = [
     "target_length_penalty",
     "token_logprobs",
     "truncated_is_weights",
+    "uses_greedy_baseline",
+    "value_loss",
+    "whiten",
 ]

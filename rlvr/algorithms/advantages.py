@@ -6,6 +6,7 @@ Shapes: ``N`` samples in contiguous groups of ``group_size`` (sample ``i`` belon
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -15,19 +16,55 @@ from rlvr.registry import Registry
 
 STD_EPS = 1e-6
 
-AdvantageEstimator = Callable[[Tensor], Tensor]
+AdvantageEstimator = Callable[..., Tensor]  # (grouped rewards [G, S]) -> [G, S]; see marked() for the others
+F = TypeVar("F", bound=Callable[..., Tensor])
 
 ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 
 
-def compute_advantages(rewards: Tensor, group_size: int, estimator: str = "grpo") -> Tensor:
+def marked(*, greedy_baseline: bool = False, token_level: bool = False) -> Callable[[F], F]:
+    """Decorator: what an estimator takes beyond the grouped rewards, as attributes the sampler and trainer read
+    (never its name). ``greedy_baseline``: ``(grouped, baseline)``, the reward of one greedy sample of each
+    prompt, which the sampler then draws (ReMax). ``token_level``: per-token advantages from a value model
+    (GAE), computed by :mod:`rlvr.critic`, not by :func:`compute_advantages`."""
+
+    def mark(estimator: F) -> F:
+        estimator.greedy_baseline = greedy_baseline  # type: ignore[attr-defined]
+        estimator.token_level = token_level  # type: ignore[attr-defined]
+        return estimator
+
+    return mark
+
+
+def uses_greedy_baseline(estimator: str) -> bool:
+    """Whether the estimator named ``estimator`` takes a greedy sample's reward per prompt (ReMax)."""
+    return bool(getattr(ADVANTAGE_ESTIMATORS.get(estimator), "greedy_baseline", False))
+
+
+def is_token_level(estimator: str) -> bool:
+    """Whether the estimator named ``estimator`` gives per-token advantages from a value model (GAE)."""
+    return bool(getattr(ADVANTAGE_ESTIMATORS.get(estimator), "token_level", False))
+
+
+def compute_advantages(rewards: Tensor, group_size: int, estimator: str = "grpo", *, baseline: Tensor | None = None) -> Tensor:
     """Per-sample advantages ``[N]`` from rewards ``[N]`` in contiguous groups of ``group_size``.
 
     ``estimator`` is a name in :data:`ADVANTAGE_ESTIMATORS`. A group whose rewards are all equal carries no
-    signal and gets exactly zero advantages (never NaN).
+    signal and gets exactly zero advantages (never NaN). An estimator with a greedy baseline (ReMax) takes
+    ``baseline [N]``, each sample's baseline reward, and is not zeroed on such groups: its baseline is not
+    the group's own rewards.
     """
+    function = ADVANTAGE_ESTIMATORS.get(estimator)
     grouped = _by_group(rewards, group_size, "rewards").to(torch.float32)
-    advantages = ADVANTAGE_ESTIMATORS.get(estimator)(grouped)
+    if getattr(function, "token_level", False):
+        raise ValueError(f"the {estimator!r} estimator needs a value model's per-token values: the trainer computes it "
+                         "with rlvr.critic (algorithm.estimator=gae), not from rewards alone")
+    if getattr(function, "greedy_baseline", False):
+        if baseline is None or baseline.shape != rewards.shape:
+            raise ValueError(f"the {estimator!r} estimator needs baseline=, the greedy sample's reward for every sample "
+                             f"{tuple(rewards.shape)}; got {None if baseline is None else tuple(baseline.shape)}")
+        return function(grouped, _by_group(baseline, group_size, "baseline").to(torch.float32)).reshape(-1)
+    advantages = function(grouped)
     flat_group = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
     return advantages.masked_fill(flat_group, 0.0).reshape(-1)
 
@@ -74,6 +111,16 @@ def reinforce_pp_baseline_advantages(grouped: Tensor) -> Tensor:
     if centered.numel() < 2:
         return centered
     return centered / (centered.std() + STD_EPS)
+
+
+@ADVANTAGE_ESTIMATORS.register("remax")
+@marked(greedy_baseline=True)
+def remax_advantages(grouped: Tensor, baseline: Tensor) -> Tensor:
+    """ReMax (Li et al. 2023, arXiv 2310.10505): ``A = r - r(greedy)``, the baseline the reward of the greedy
+    (temperature 0) response to the same prompt, sampled by the engine in the same round and not trained on.
+    ``baseline`` is ``[G, S]`` like ``grouped`` (the greedy reward repeated over the group). Needs no group:
+    one sample per prompt works."""
+    return grouped - baseline
 
 
 def dynamic_sampling_mask(rewards: Tensor, group_size: int) -> Tensor:
