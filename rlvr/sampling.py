@@ -13,7 +13,7 @@ import torch
 
 import verifiers
 from rlvr import distributed
-from rlvr.algorithms import dynamic_sampling_mask, uses_greedy_baseline
+from rlvr.algorithms import dynamic_sampling_mask, is_token_level, uses_greedy_baseline
 from rlvr.distributed import SINGLE, World
 from rlvr.rollout.base import Completion, RolloutEngine, ToolUse
 from rlvr.rollout.tools import tool_metrics
@@ -275,7 +275,7 @@ def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: T
         rollouts, round_timings = sample_round(engine, prompts[mine.start : mine.stop], rewarder, config, seed=seed)
         timings.update(round_timings)
         everything.extend_groups(rollouts, list(range(len(mine))))
-        if config.algorithm.dynamic_sampling:
+        if config.algorithm.dynamic_sampling and not is_token_level(config.algorithm.estimator):  # GAE: see group_signal
             signal = group_signal(rollouts, needs_greedy_baseline(config))
         else:
             signal = [True] * len(mine)
@@ -298,7 +298,8 @@ def collect_rollouts(engine, stream: PromptStream, rewarder: Rewarder, config: T
 def group_signal(rollouts: Rollouts, greedy_baseline: bool) -> list[bool]:
     """DAPO dynamic sampling: per group, whether its rewards are not all equal. With a greedy baseline (ReMax)
     the baseline's reward counts as one more member: a group that all matches its greedy sample has zero
-    advantages, one that differs from it has signal, even with one sample per prompt."""
+    advantages, one that differs from it has signal, even with one sample per prompt. (With a value model, GAE,
+    every group has signal: its baseline is the value, not the group, so dynamic sampling keeps every group.)"""
     rewards = torch.tensor(rollouts.rewards).reshape(-1, rollouts.group_size)
     if greedy_baseline:
         rewards = torch.cat([rewards, torch.tensor(rollouts.baseline_rewards).reshape(-1, rollouts.group_size)[:, :1]], dim=1)
