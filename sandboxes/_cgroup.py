@@ -83,6 +83,24 @@ class Cgroup:
         """Command prefix that puts the command into this cgroup before it runs."""
         return [*JOIN_PREFIX, *(str(directory / "cgroup.procs") for directory in self.directories), "--"]
 
+    def open_for_joining(self) -> list[int]:
+        """Write-only descriptors, one per directory, through which a process moves *itself* into
+        the cgroup by writing ``0`` (children it forks later are inside too). Opened here, by root,
+        so an unprivileged process can use them. Cgroup v1's ``tasks`` moves the writing thread
+        alone, which the kernel does without the global lock that moving a whole process takes (a
+        wait for an RCU grace period: milliseconds per run); the writer must be single-threaded.
+        Cgroup v2 has no such file for domain cgroups: ``cgroup.procs`` there."""
+        name = "tasks" if self.version == 1 else "cgroup.procs"
+        fds: list[int] = []
+        try:
+            for directory in self.directories:
+                fds.append(os.open(directory / name, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
     def out_of_memory(self) -> bool:
         """True if the kernel killed a process of the run for exceeding the memory limit."""
         return self._oom_kills() > self._oom_kills_before
@@ -109,11 +127,6 @@ class Cgroup:
                     (memory / name).write_text(str(memory_bytes))
         (pids / "pids.max").write_text(str(max_pids))
         self._oom_kills_before = self._oom_kills()
-
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` (and so everything it starts later) into the cgroup."""
-        for directory in self.directories:
-            (directory / "cgroup.procs").write_text(str(pid))
 
     def pids(self) -> set[int]:
         found: set[int] = set()

@@ -5,11 +5,12 @@ back the host's end of a ``SOCK_SEQPACKET`` socket to it; :class:`ForkServer` th
 into one request. The
 run's data never passes through the server: the host makes the run's pipes, a control socket
 and a memfd with its files, and hands the server only the descriptors, which the forked session
-reads after it has left the server. The host learns the session's host pid from the kernel
-(``SCM_CREDENTIALS``), moves it into the run's cgroup before the program starts, streams the
-output with the usual caps, and asks the session to kill the run on overflow; if the session
-does not answer in time, the cgroup is killed, and without a cgroup the whole server is
-restarted, so a run can never outlive its limits.
+reads after it has left the server. Where the host can make cgroups, it also hands over
+descriptors through which the session moves itself into the run's cgroup, first thing, before
+anything of the run exists (no round trip to the host, and no host-side move, which on cgroup v1
+waits for an RCU grace period). The host streams the output with the usual caps, and asks the
+session to kill the run on overflow; if the session does not answer in time, the cgroup is
+killed, and without a cgroup the whole server is restarted, so a run can never outlive its limits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import contextlib
 import json
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +35,9 @@ START_SECONDS = 20.0
 GRACE_SECONDS = 3.0
 # The interpreter of the server, on the outer sandbox's file system (a real binary, not a shim).
 PYTHON = "/usr/bin/python3"
+# The server's bound on one message (``MAX_REQUEST`` in _zygote.py), and on programs it keeps compiled.
+MAX_MESSAGE = 1 << 16
+MAX_PRECOMPILED = 16
 
 
 class ServerProcess:
@@ -63,6 +66,8 @@ class ForkServer:
         self._process: ServerProcess | None = None
         self._cgroups: list[Cgroup] = []
         self._cgroups_lock = threading.Lock()
+        # Sent to every server started, the current one included.
+        self._precompile_messages: list[bytes] = []
 
     def close(self) -> None:
         with self._lock:
@@ -95,8 +100,23 @@ class ForkServer:
             self._stop_locked()
             raise SandboxError(f"the {self.what} fork server did not start: {failure.strip()[-1000:] or 'no output'}")
         host_end.settimeout(None)
+        for message in self._precompile_messages:
+            host_end.send(message)
         self._channel = host_end
         return host_end
+
+    def precompile(self, filename: str, source: str) -> None:
+        """Have the server compile the Python program ``filename`` = ``source`` once, so that runs
+        of exactly this program skip compiling it (see :meth:`Sandbox.precompile`)."""
+        message = json.dumps({"precompile": filename, "source": source}).encode()
+        with self._lock:
+            if (len(message) >= MAX_MESSAGE or message in self._precompile_messages
+                    or len(self._precompile_messages) >= MAX_PRECOMPILED):
+                return
+            self._precompile_messages.append(message)
+            if self._channel is not None:
+                with contextlib.suppress(OSError):  # a dead server: its successor gets it on start
+                    self._channel.send(message)
 
     def resident_pids(self) -> set[int]:
         process = self._process
@@ -119,16 +139,19 @@ class ForkServer:
         executable = executable_file(argv)
         files_fd = os.memfd_create("sandbox-files")
         control, control_for_run = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         pipes = [os.pipe() for _ in range(3)]
         (stdin_read, stdin_write), (stdout_read, stdout_write), (stderr_read, stderr_write) = pipes
         for_run = [control_for_run.fileno(), stdin_read, stdout_write, stderr_write, files_fd]
-        # Ready before the request goes out: the session waits for it.
-        cgroup = self._acquire_cgroup(limits)
-        # With a cgroup, the session waits until the host has moved it there.
-        request["cgroup"] = cgroup is not None
         started = time.monotonic()
+        cgroup = None
         try:
+            cgroup = self._acquire_cgroup(limits)
+            if cgroup is not None:
+                try:
+                    for_run += cgroup.open_for_joining()
+                except OSError as error:
+                    raise SandboxError(f"cannot put the run into its cgroup: {error}") from None
+            request["cgroup_fds"] = len(for_run) - 5
             payload = {name: [base64.b64encode(content).decode(), name == executable] for name, content in files.items()}
             os.write(files_fd, json.dumps(payload).encode())
             os.lseek(files_fd, 0, os.SEEK_SET)
@@ -153,15 +176,7 @@ class ForkServer:
             control_for_run.close()
             for fd in for_run[1:]:
                 os.close(fd)
-        stdin_pending = True
         try:
-            if cgroup is not None:
-                self._attach(control, cgroup, started + START_SECONDS)
-                try:
-                    control.send(b"go")
-                except OSError as error:
-                    raise SandboxError(f"the {self.what} run's session died before the program started ({error})") from None
-            stdin_pending = False
             pumped = pump_pipes(stdin_write, stdout_read, stderr_read, stdin=stdin, cap=limits.max_output_bytes,
                                 deadline=started + limits.timeout + GRACE_SECONDS, exited=lambda: False)
             if pumped.timed_out or pumped.overflow:
@@ -188,31 +203,10 @@ class ForkServer:
             )
         finally:
             control.close()
-            for fd in (stdout_read, stderr_read, *([stdin_write] if stdin_pending else [])):
+            for fd in (stdout_read, stderr_read):
                 os.close(fd)
             if cgroup is not None:
                 self._release_cgroup(cgroup)
-
-    def _attach(self, control: socket.socket, cgroup: Cgroup, deadline: float) -> None:
-        """Wait for the session's hello and move it (by the pid the kernel vouches for) into the cgroup."""
-        control.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            message, ancillary, _, _ = control.recvmsg(MAX_REPORT, socket.CMSG_SPACE(12))
-        except OSError:
-            message, ancillary = b"", []
-        if message != b"pid":
-            report = _json(message)
-            if report and "error" in report:
-                raise SandboxError(report["error"])
-            raise SandboxError(f"the {self.what} fork server did not start the run; the next run restarts it")
-        pid = next((struct.unpack("3i", data[:12])[0] for level, kind, data in ancillary
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
-        if pid is None:
-            raise SandboxError("the run's session sent no credentials")
-        try:
-            cgroup.add(pid)
-        except OSError as error:
-            raise SandboxError(f"cannot put the run into its cgroup: {error}") from None
 
     def _receive(self, control: socket.socket, deadline: float) -> dict | None:
         control.settimeout(max(deadline - time.monotonic(), 0.01))

@@ -29,7 +29,7 @@ from typing import Any
 
 from sandboxes import register
 from sandboxes._warm import PYTHON, ZYGOTE_SOURCE, ForkServer, ServerProcess
-from sandboxes.base import LAUNCHER_ENV, SANDBOX_ENV, SANDBOX_UID, Limits, RawOutcome, Sandbox, SandboxError
+from sandboxes.base import LANGUAGES, LAUNCHER_ENV, SANDBOX_ENV, SANDBOX_UID, Limits, RawOutcome, Sandbox, SandboxError
 
 WORK_DIR = "/work"
 STOP_SECONDS = 2.0
@@ -111,6 +111,9 @@ class BwrapSandbox(Sandbox):
 
     def _execute(self, argv: list[str], files: dict[str, bytes], stdin: bytes, limits: Limits) -> RawOutcome:
         return self._server.execute(argv, files, stdin, limits)
+
+    def precompile(self, code: str) -> None:
+        self._server.precompile(LANGUAGES["python"].filename, code)
 
     def close(self) -> None:
         """Stop the warm server (a later run starts a new one)."""

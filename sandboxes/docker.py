@@ -33,7 +33,7 @@ from typing import Any
 
 from sandboxes import register
 from sandboxes._warm import START_SECONDS, ZYGOTE_SOURCE, ForkServer, ServerProcess
-from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, Sandbox, SandboxError, fresh_run_uid
+from sandboxes.base import LANGUAGES, SANDBOX_ENV, Limits, RawOutcome, Sandbox, SandboxError, fresh_run_uid
 
 # Keep in sync with scripts/sandbox_setup.sh.
 PODMAN_SOCKET = "/run/rlvr/podman.sock"
@@ -158,6 +158,9 @@ class DockerSandbox(Sandbox):
 
     def _execute(self, argv: list[str], files: dict[str, bytes], stdin: bytes, limits: Limits) -> RawOutcome:
         return self._server.execute(argv, files, stdin, limits)
+
+    def precompile(self, code: str) -> None:
+        self._server.precompile(LANGUAGES["python"].filename, code)
 
     def resident_pids(self) -> set[int]:
         return self._server.resident_pids()

@@ -107,6 +107,7 @@ class CodeVerifier(Verifier):
     def __init__(self, sandbox: Sandbox | str = "auto", timeout: float = 10.0, memory_mb: int = 512,
                  workers: int = 2, **sandbox_options: Any):
         self.sandbox = sandboxes.get(sandbox, **sandbox_options) if isinstance(sandbox, str) else sandbox
+        self.sandbox.precompile(HARNESS)
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.workers = workers
