@@ -18,7 +18,7 @@ from rlvr.distributed import SINGLE, World
 from rlvr.rollout.base import Completion, RolloutEngine, ToolUse
 from rlvr.rollout.tools import tool_metrics
 from rlvr.train_config import TrainConfig
-from verifiers.ttrl import VoteStats, vote_verdicts
+from verifiers.ttrl import VoteStats, check_votable, vote_verdicts
 
 
 @dataclass
@@ -108,6 +108,11 @@ class Rewarder:
             for index, verdict in zip(indices, results, strict=True):
                 verdicts[index] = verdict
         return verdicts  # type: ignore[return-value]
+
+    def check_votable(self, names: set[str]) -> None:
+        """TTRL: fail before any sampling when one of the verifiers ``names`` cannot vote (it extracts no answer)."""
+        for name in sorted(names):
+            check_votable(self.verifier(name))
 
     def _score_by_vote(self, completions: list[str], examples: list[Any]) -> list[verifiers.Verdict]:
         verdicts: list[verifiers.Verdict] = []

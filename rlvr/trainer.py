@@ -95,6 +95,8 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     nonfinite = faults.NonFiniteGuard(cfg.faults.max_nonfinite_steps)
     stop = faults.StopSignals().install()
     try:
+        if cfg.verifier.ttrl_votes:  # inside try: the engine is closed when this fails
+            rewarder.check_votable({prompt.example.verifier for prompt in stream.prompts})
         for step in range(start_step + 1, cfg.optim.steps + 1):
             started = time.monotonic()
             engine.wake_up()

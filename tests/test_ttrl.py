@@ -125,3 +125,11 @@ def test_ttrl_trains_on_problems_without_answers(tiny_model_dir, tmp_path):
         assert row["reward/mean"] == row["accuracy"]  # the reward is 1 exactly for a sample that agrees with the label
         assert math.isfinite(row["loss"])
     assert any(row["ttrl/vote_entropy"] > 0 and row["grad_norm"] > 0 for row in rows)  # the votes split: a signal to learn
+
+
+def test_a_task_whose_verifier_cannot_vote_stops_before_training(tiny_model_dir, tmp_path):
+    cfg = config.load(TrainConfig, None, [*train_plugins.overrides(tiny_model_dir, tmp_path / "run", steps=1),
+                                          "verifier.ttrl_votes=4"])  # the even-length verifier extracts no answer
+    with pytest.raises(TypeError, match="cannot extract one; use a math task"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

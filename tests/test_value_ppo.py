@@ -188,3 +188,13 @@ def test_resuming_a_gae_run_from_a_checkpoint_without_a_value_model_says_what_to
                     config.load(TrainConfig, None, []), 0)
     with pytest.raises(FileNotFoundError, match="not saved by a run with algorithm.estimator=gae"):
         critic.load(critic_dir)
+
+
+def test_gae_refuses_a_data_parallel_job():
+    from rlvr.distributed import World
+    from rlvr.trainer import check_world
+
+    cfg = config.load(TrainConfig, None, ["algorithm.estimator=gae", "optim.prompts_per_step=4"])
+    with pytest.raises(ValueError, match="not sharded across ranks yet"):
+        check_world(cfg, World(rank=0, size=2, distributed=True))
+    check_world(cfg, World())  # one process is fine

@@ -102,6 +102,13 @@ class VoteStats:
     gold_correct: bool | None
 
 
+def check_votable(verifier: Any) -> None:
+    """Raise ``TypeError`` saying what to do when ``verifier`` cannot take part in a vote (it extracts no answer)."""
+    if not callable(getattr(verifier, "final_answer", None)):
+        raise TypeError(f"TTRL votes on final answers, and the {type(verifier).__name__} verifier cannot extract one; "
+                        "use a math task (verifier 'math') or turn TTRL off (verifier.ttrl_votes=0)")
+
+
 def has_gold(reference: Any) -> bool:
     """Whether ``reference`` is a gold answer (answer-less rows of a TTRL run have None)."""
     return reference is not None and reference != "" and reference != []
@@ -113,9 +120,7 @@ def vote_verdicts(verifier: AnswerVerifier, completions: Sequence[str], referenc
     answer of ALL ``completions`` (reward 1 or 0); the others only vote. Each verdict's ``details["vote"]`` is
     its :class:`VoteStats`. ``reference`` (the gold answer, or None) is used only for those statistics, never
     for the reward."""
-    if not callable(getattr(verifier, "final_answer", None)):
-        raise TypeError(f"TTRL votes on final answers, and the {type(verifier).__name__} verifier cannot extract one; "
-                        "use a math task (verifier 'math') or turn TTRL off (verifier.ttrl_votes=0)")
+    check_votable(verifier)
     vote = majority_vote(verifier, completions)
     gold = has_gold(reference)
     label_correct = None
