@@ -49,7 +49,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"model.cpu_threads must be 0 (torch's default) or a positive thread count, got {cfg.model.cpu_threads}")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature must be > 0 for RL sampling, got {rollout.temperature}")
-    return problems + label_free_problems(cfg) + gae_problems(cfg)
+    return problems + label_free_problems(cfg) + gae_problems(cfg) + policy_loss_problems(cfg)
 
 
 def group_free(estimator: str) -> bool:
@@ -90,6 +90,33 @@ def gae_problems(cfg: TrainConfig) -> list[str]:
     if gae.value_lr <= 0 or gae.value_warmup_steps < 0:
         problems.append(f"algorithm.gae.value_lr must be positive and value_warmup_steps >= 0 "
                         f"(got {gae.value_lr}, {gae.value_warmup_steps})")
+    return problems
+
+
+def policy_loss_problems(cfg: TrainConfig) -> list[str]:
+    """``algorithm.policy_loss_options``: registered losses other than ppo, options each one takes, values it accepts
+    (the chosen loss is run once on a one-token batch, so a bad value fails here, not in the first update)."""
+    import torch
+
+    from rlvr.algorithms import POLICY_LOSSES, check_policy_loss_options, compute_policy_loss
+
+    algo = cfg.algorithm
+    problems = []
+    for name, options in algo.policy_loss_options.items():
+        if name == "ppo":
+            problems.append("algorithm.policy_loss_options.ppo: ppo's options are algorithm.clip_low, clip_high and dual_clip; set those")
+        else:
+            try:
+                check_policy_loss_options(name, options)
+            except (TypeError, LookupError) as error:
+                problems.append(f"algorithm.policy_loss_options.{name}: {error}")
+    if not problems and algo.policy_loss != "ppo" and algo.policy_loss in POLICY_LOSSES:
+        one = torch.zeros(1, 1)
+        try:
+            compute_policy_loss(algo.policy_loss, one, one, torch.ones(1), torch.ones(1, 1), agg=algo.loss_agg,
+                                **algo.policy_loss_options.get(algo.policy_loss, {}))
+        except (TypeError, ValueError) as error:
+            problems.append(f"algorithm.policy_loss_options.{algo.policy_loss}: {error}")
     return problems
 
 

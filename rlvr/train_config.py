@@ -113,11 +113,14 @@ class GaeConfig:
 class AlgorithmConfig:
     estimator: str = option("grpo", "Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp_baseline, remax (baseline: the reward of a greedy sample per prompt) or gae (PPO with a value model, see algorithm.gae).",
                             choices=Registered("rlvr.algorithms:ADVANTAGE_ESTIMATORS"))
-    loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.",
+    loss_agg: str = option("token-mean", "Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm (policy losses gspo and cispo fix their own).",
                            choices=Registered("rlvr.algorithms:LOSS_AGGREGATIONS"))
-    clip_low: float = option(0.2, "PPO lower clip range (ratio >= 1 - clip_low).")
-    clip_high: float = option(0.28, "PPO upper clip range (ratio <= 1 + clip_high); > clip_low is DAPO clip-higher.")
-    dual_clip: float | None = option(None, "Dual-clip bound c > 1 for negative advantages (null: off).")
+    policy_loss: str = option("ppo", "Policy loss: ppo (clipped ratio: clip_low, clip_high, dual_clip), gspo (sequence ratio, aggregated per sequence), cispo (truncated IS weight without gradient, token-mean) or dppo (probability-difference trust region); see docs/algorithms.md.",
+                              choices=Registered("rlvr.algorithms:POLICY_LOSSES"))
+    policy_loss_options: dict[str, dict[str, Any]] = option({}, "Options of the policy losses other than ppo, per name, replacing their defaults (gspo: the paper's): gspo {clip_low: 3.0e-4, clip_high: 4.0e-4}, cispo {clip_high: 4.0}, dppo {clip_low: 0.2, clip_high: 0.2, is_cap: 20.0}.")
+    clip_low: float = option(0.2, "PPO lower clip range (ratio >= 1 - clip_low), for policy_loss ppo.")
+    clip_high: float = option(0.28, "PPO upper clip range (ratio <= 1 + clip_high); > clip_low is DAPO clip-higher. For policy_loss ppo.")
+    dual_clip: float | None = option(None, "Dual-clip bound c > 1 for negative advantages (null: off), for policy_loss ppo.")
     kl_coef: float = option(0.0, "Weight of the KL penalty against a frozen reference model (0: no reference loaded).")
     kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3.", choices=Registered("rlvr.algorithms:KL_ESTIMATORS"))
     entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")

@@ -4,14 +4,21 @@ step each) of length-bucketed micro-batches (one forward/backward each)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlvr import faults
-from rlvr.algorithms import aggregate_loss, kl_penalty, policy_loss, truncated_is_weights
+from rlvr.algorithms import (
+    aggregate_loss,
+    compute_policy_loss,
+    kl_penalty,
+    policy_loss_aggregation,
+    truncated_is_weights,
+)
 from rlvr.distributed import SINGLE, ShardedPolicy, World, clip_grad_norm, combine_metrics, reduce, token_stats
 from rlvr.policy import TokenStats, can_share_prompts, completion_logprobs, shared_prompt_logprobs
-from rlvr.train_config import TrainConfig
+from rlvr.train_config import AlgorithmConfig, TrainConfig
 
 
 @dataclass
@@ -202,7 +209,7 @@ def update_policy(model, optimizer, scheduler, batch: TrainBatch, config: TrainC
             # Samples masked out of the loss (overlong filtering) add nothing: skip their forward.
             mini = [local[p] for p in order[start : start + optim.mini_batch_size] if p in local and batch.sample_mask[local[p]] > 0]
             in_loss = [batch.model_tokens(i) for i in mini]
-            denominator, tokens = reduce(world, [loss_denominator(config.algorithm.loss_agg, in_loss), sum(in_loss)])
+            denominator, tokens = reduce(world, [loss_denominator(loss_aggregation(config.algorithm), in_loss), sum(in_loss)])
             optimizer.zero_grad(set_to_none=True)
             metrics: dict[str, float] = {}
             for micro in _in_lockstep(_micro_batches(model, batch, mini, optim.micro_batch_size), world):
@@ -272,6 +279,20 @@ def _merge(into: dict[str, float], metrics: dict[str, float], weight: float, sum
             into[key] = into.get(key, 0.0) + value * (1.0 if key in summed else weight)
 
 
+def loss_aggregation(algo: AlgorithmConfig) -> str:
+    """The aggregation of the policy loss, and so of the entropy and KL terms and the micro-batch denominators:
+    ``algorithm.loss_agg`` unless the policy loss fixes its own (gspo: per sequence)."""
+    return policy_loss_aggregation(algo.policy_loss, algo.loss_agg)
+
+
+def _chosen_loss_options(algo: AlgorithmConfig) -> dict[str, Any]:
+    """The chosen policy loss's options: ppo's are ``algorithm.clip_low/clip_high/dual_clip``, every other loss's
+    ``algorithm.policy_loss_options[name]`` over its defaults."""
+    if algo.policy_loss == "ppo":
+        return {"clip_low": algo.clip_low, "clip_high": algo.clip_high, "dual_clip": algo.dual_clip}
+    return dict(algo.policy_loss_options.get(algo.policy_loss, {}))
+
+
 def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig, pad_id: int, device, denominator: float) -> dict[str, float]:
     """Forward and backward of one micro-batch; its loss is scaled by the mini-batch ``denominator``."""
     algo = config.algorithm
@@ -289,14 +310,13 @@ def _micro_step(model, batch: TrainBatch, chosen: list[int], config: TrainConfig
     sampler = pad_rows([batch.sampler_logprobs[i] for i in chosen], width, device)
     sampler_gap = ((old - sampler).abs() * mask).sum() / mask.sum().clamp(min=1)
     is_weights = truncated_is_weights(old, sampler, algo.tis_cap) if algo.tis_cap is not None else None
-    reduce = {"agg": algo.loss_agg, "norm_len": config.rollout.max_new_tokens, "denominator": denominator}
+    reduce = {"agg": loss_aggregation(algo), "norm_len": config.rollout.max_new_tokens, "denominator": denominator}
     if batch.token_advantages is not None:
         advantages = pad_rows([batch.token_advantages[i] for i in chosen], width, device)
     else:
         advantages = batch.advantages[chosen].to(device)
-    loss, metrics = policy_loss(
-        stats.logprobs, old, advantages, mask,
-        clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip, is_weights=is_weights, **reduce,
+    loss, metrics = compute_policy_loss(
+        algo.policy_loss, stats.logprobs, old, advantages, mask, is_weights=is_weights, **reduce, **_chosen_loss_options(algo)
     )
     entropy = aggregate_loss(stats.entropy, mask, **reduce)
     if algo.entropy_coef:

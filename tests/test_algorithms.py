@@ -13,6 +13,7 @@ from rlvr.algorithms import (
     KL_ESTIMATORS,
     LENGTH_SHAPERS,
     LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
     aggregate_loss,
     compute_advantages,
     dynamic_sampling_mask,
@@ -36,13 +37,15 @@ def close(actual: torch.Tensor, expected: list[float] | float, tol: float = 1e-5
 
 
 def test_registries_hold_every_documented_name():
-    assert ADVANTAGE_ESTIMATORS.available() == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
+    assert ADVANTAGE_ESTIMATORS.available() == ["dr_grpo", "gae", "grpo", "reinforce_pp_baseline", "remax", "rloo"]
+    assert POLICY_LOSSES.available() == ["cispo", "dppo", "gspo", "ppo"]
     assert LOSS_AGGREGATIONS.available() == ["seq-mean-token-mean", "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.available() == ["k1", "k2", "k3"]
     assert LENGTH_SHAPERS.available() == ["kimi", "overlong_filter", "overlong_penalty", "target_length"]
     # The config's defaults must name registered entries.
     assert AlgorithmConfig().estimator in ADVANTAGE_ESTIMATORS
     assert AlgorithmConfig().loss_agg in LOSS_AGGREGATIONS
+    assert AlgorithmConfig().policy_loss in POLICY_LOSSES
     assert AlgorithmConfig().kl_estimator in KL_ESTIMATORS
 
 

@@ -67,9 +67,11 @@ def test_loss_denominator():
     assert loss_denominator("seq-mean-token-mean", [3, 0, 5]) == 2.0  # the empty (filtered) sample does not count
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_micro_batches_accumulate_to_the_mini_batch_gradient(tiny_model_dir, agg):
-    """One optimizer step over 4 samples in micro-batches of 1 equals one step over all 4 at once."""
+@pytest.mark.parametrize(("agg", "loss"), [("token-mean", "ppo"), ("seq-mean-token-mean", "ppo"), ("seq-mean-token-sum-norm", "ppo"),
+                                         ("token-mean", "gspo"), ("seq-mean-token-sum-norm", "cispo")])
+def test_micro_batches_accumulate_to_the_mini_batch_gradient(tiny_model_dir, agg, loss):
+    """One optimizer step over 4 samples in micro-batches of 1 equals one step over all 4 at once (gspo and cispo
+    fix their own aggregation over ``loss_agg``: the denominators must follow it)."""
     from transformers import AutoModelForCausalLM
 
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
@@ -78,7 +80,7 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(tiny_model_dir, agg
     sample_mask = torch.tensor([1.0, 1.0, 0.0, 1.0])  # sample 2 is filtered out of the loss
 
     def gradient(micro_batch_size):
-        cfg = config.load(TrainConfig, None, [f"algorithm.loss_agg={agg}", "optim.mini_batch_size=4",
+        cfg = config.load(TrainConfig, None, [f"algorithm.loss_agg={agg}", f"algorithm.policy_loss={loss}", "optim.mini_batch_size=4",
                                               f"optim.micro_batch_size={micro_batch_size}", "rollout.max_new_tokens=6",
                                               "optim.max_grad_norm=1e9"])
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -93,13 +95,16 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(tiny_model_dir, agg
     torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-4)
 
 
-def test_update_gradient_matches_the_loss_written_out(tiny_model_dir):
-    """The trainer's gradient equals that of policy_loss on directly computed log-probs."""
+@pytest.mark.parametrize("loss_name", ["ppo", "gspo"])
+def test_update_gradient_matches_the_loss_written_out(tiny_model_dir, loss_name):
+    """The trainer's gradient equals that of the policy loss on directly computed log-probs (gspo: per sequence,
+    although loss_agg says token-mean)."""
     from transformers import AutoModelForCausalLM
 
     prompts, completions = [[5, 6, 7], [8, 9]], [[20, 21], [22, 23, 24]]
     advantages = torch.tensor([1.0, -1.0])
-    cfg = config.load(TrainConfig, None, ["optim.mini_batch_size=2", "optim.micro_batch_size=2", "optim.max_grad_norm=1e9"])
+    cfg = config.load(TrainConfig, None, ["optim.mini_batch_size=2", "optim.micro_batch_size=2", "optim.max_grad_norm=1e9",
+                                          f"algorithm.policy_loss={loss_name}"])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -111,7 +116,10 @@ def test_update_gradient_matches_the_loss_written_out(tiny_model_dir):
     rows = [reference_logprobs(model, p, c) for p, c in zip(prompts, completions)]
     logprobs = torch.stack([torch.cat([r, torch.zeros(3 - len(r))]) for r in rows])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    loss, _ = policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean")
+    if loss_name == "ppo":
+        loss, _ = policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2, clip_high=0.28, agg="token-mean")
+    else:  # on-policy, sequence ratio 1: per sequence the mean of -A * d logprob, then the mean over the 2 sequences
+        loss = -(advantages[0] * logprobs[0, :2].sum() / 2 + advantages[1] * logprobs[1].sum() / 3) / 2
     loss.backward()
     for got, want in zip(trainer_grad, [p.grad for p in model.parameters()]):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)

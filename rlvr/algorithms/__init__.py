@@ -5,8 +5,9 @@ one module per family, so the variants of a family can be compared line by line:
 
 * :mod:`~rlvr.algorithms.advantages`: advantage estimators (:data:`ADVANTAGE_ESTIMATORS`,
   :func:`compute_advantages`): ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp_baseline``, ``remax``; DAPO dynamic sampling;
-* :mod:`~rlvr.algorithms.policy_losses`: the PPO clipped surrogate with decoupled clip range, dual clip and
-  truncated importance sampling (:func:`policy_loss`);
+* :mod:`~rlvr.algorithms.policy_losses`: policy losses (:data:`POLICY_LOSSES`, :func:`compute_policy_loss`):
+  ``ppo`` (the clipped surrogate with decoupled clip range, dual clip; :func:`policy_loss`), ``gspo``, ``cispo``,
+  ``dppo``; truncated importance sampling;
 * :mod:`~rlvr.algorithms.aggregation`: loss aggregations (:data:`LOSS_AGGREGATIONS`, :func:`aggregate_loss`);
 * :mod:`~rlvr.algorithms.kl`: KL estimators against a reference model (:data:`KL_ESTIMATORS`, :func:`kl_penalty`);
 * :mod:`~rlvr.algorithms.logprobs`: memory-light per-token log-probabilities and entropy
@@ -40,7 +41,18 @@ from rlvr.algorithms.length import (
     target_length_penalty,
 )
 from rlvr.algorithms.logprobs import entropy_from_logits, token_logprobs
-from rlvr.algorithms.policy_losses import policy_loss, truncated_is_weights
+from rlvr.algorithms.policy_losses import (
+    POLICY_LOSSES,
+    check_policy_loss_options,
+    cispo_loss,
+    compute_policy_loss,
+    dppo_loss,
+    gspo_loss,
+    policy_loss,
+    policy_loss_aggregation,
+    policy_loss_options,
+    truncated_is_weights,
+)
 from rlvr.algorithms.value import gae_advantages, last_token_rewards, length_adaptive_lambda, value_loss, whiten
 from rlvr.metrics import pass_at_k
 
@@ -49,12 +61,18 @@ __all__ = [
     "KL_ESTIMATORS",
     "LENGTH_SHAPERS",
     "LOSS_AGGREGATIONS",
+    "POLICY_LOSSES",
     "LengthBatch",
     "aggregate_loss",
+    "check_policy_loss_options",
+    "cispo_loss",
     "compute_advantages",
+    "compute_policy_loss",
+    "dppo_loss",
     "dynamic_sampling_mask",
     "entropy_from_logits",
     "gae_advantages",
+    "gspo_loss",
     "is_token_level",
     "kimi_length_penalty",
     "kl_penalty",
@@ -64,6 +82,8 @@ __all__ = [
     "overlong_penalty",
     "pass_at_k",
     "policy_loss",
+    "policy_loss_aggregation",
+    "policy_loss_options",
     "shape_rewards",
     "target_length_penalty",
     "token_logprobs",
