@@ -1,7 +1,7 @@
 """``rlvr demo --tools``: RL teaches a tiny model to call the Python tool where calling it pays, on the CPU.
 
 The problems multiply numbers too long for a tiny model to multiply in its head (the ``arithmetic``
-generator, one product of 4-digit numbers by default). The stages (the same markers and resumption as
+generator, one product of 3-digit numbers by default). The stages (the same markers and resumption as
 :mod:`rlvr.demo`):
 
 1. a tiny model and tokenizer built from scratch (``DIR/init``);
@@ -37,7 +37,7 @@ TEMPLATE = "tool"
 @dataclass
 class ToolProblemsConfig:
     task: str = option("arithmetic", "Generator task of the training and held-out problems.")
-    options: dict[str, Any] = option({"steps": 1, "digits": 4, "ops": "*"}, "Difficulty knobs of the generator: one product of 4-digit numbers.")
+    options: dict[str, Any] = option({"steps": 1, "digits": 3, "ops": "*"}, "Difficulty knobs of the generator: one product of 3-digit numbers.")
     sft_examples: int = option(3000, "Generated problems with transcripts for the SFT warm-start.")
     eval_problems: int = option(100, "Held-out problems (the generator's test split) for each evaluation.")
 
@@ -52,18 +52,18 @@ class ToolModelConfig:
 
 @dataclass
 class ToolSFTConfig:
-    steps: int = option(300, "SFT optimizer steps.")
+    steps: int = option(600, "SFT optimizer steps (copying numbers from the context sets in after about 300).")
     batch_size: int = option(32, "Examples per SFT step.")
     lr: float = option(3e-3, "Peak SFT learning rate.")
-    tool_fraction: float = option(0.25, "Share of transcripts that call the tool; the others box a guess.")
+    tool_fraction: float = option(0.5, "Share of transcripts that call the tool; the others box a guess.")
 
 
 @dataclass
 class ToolRLConfig:
-    steps: int = option(30, "RL steps.")
+    steps: int = option(40, "RL steps.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Samples per prompt.")
-    lr: float = option(2e-4, "RL learning rate.")
+    lr: float = option(3e-4, "RL learning rate.")
     micro_batch_size: int = option(64, "Samples per forward/backward in the RL update.")
     max_new_tokens: int = option(64, "Longest response in tokens, model and tool output together.")
     engine: str = option("hf", "Rollout engine: hf or vllm.", choices=ENGINES)

@@ -9,7 +9,8 @@ a read-only ``/usr``, a minimal ``/dev``, private size-limited tmpfs ``/work`` a
 user (further user namespaces disabled), PID, IPC and UTS namespaces, a fixed environment, no capabilities,
 and, when we are root, a fresh unprivileged host uid per interpreter, so its process limit is its own. The
 interpreter has the rlimits of :class:`~sandboxes.base.Limits` (address space, processes, open files, file
-size); every call is bounded in time and output. Calls share one namespace, so variables defined in one
+size) and, where cgroups are writable, its own cgroup bounding the memory and process count of its whole
+tree (an out-of-memory kill is reported as ``memory``); every call is bounded in time and output. Calls share one namespace, so variables defined in one
 exist in the next, until :meth:`PythonRepl.close`.
 
 A call that runs out of time first gets an exception raised into it inside the sandbox (the state
@@ -37,6 +38,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sandboxes._cgroup import Cgroup
 from sandboxes.base import LAUNCHER_ENV, SANDBOX_ENV, SANDBOX_UID, Limits, SandboxError, fresh_run_uid
 from sandboxes.bwrap import drop_privileges_argv
 
@@ -82,6 +84,7 @@ class PythonRepl:
         self._requests: int | None = None  # host -> interpreter
         self._replies: int | None = None  # interpreter -> host
         self._log: tempfile._TemporaryFileWrapper | None = None
+        self._cgroup: Cgroup | None = None
         self._started_once = False
         self._number = 0
         self.calls = 0
@@ -106,16 +109,22 @@ class PythonRepl:
             if self._process is None:
                 self._start()
             body = code.encode("utf-8", "replace")
-            self._send(struct.pack(">I", len(body)) + body, started + START_SECONDS)
+            self._send(struct.pack(">I", len(body)) + body, time.monotonic() + START_SECONDS)
             self._number += 1
-            reply = self._receive(started + self.limits.timeout + KILL_GRACE_SECONDS)
+            deadline = time.monotonic() + self.limits.timeout + KILL_GRACE_SECONDS  # the start does not count
+            reply = self._receive(deadline)
             while reply["call"] != self._number:  # a stale reply (an earlier call's code forged its own)
-                reply = self._receive(started + self.limits.timeout + KILL_GRACE_SECONDS)
+                reply = self._receive(deadline)
         except _Timeout:
             self._kill()
             return ReplResult("timeout", f"the call ran past its time limit ({self.limits.timeout:g} s) and was "
                               "killed; the interpreter restarts empty", time.monotonic() - started, restarted=restarted)
         except _Died:
+            if self._cgroup is not None and self._cgroup.out_of_memory():
+                self._kill()
+                return ReplResult("memory", f"the call ran out of memory ({self.limits.memory_mb} MiB) and the "
+                                  "interpreter was killed; the next call starts a fresh one", time.monotonic() - started,
+                                  restarted=restarted)
             how = self._kill()
             return ReplResult("error", f"the interpreter died during the call ({how}, e.g. its CPU-time limit); "
                               "the next call starts a fresh one", time.monotonic() - started, restarted=restarted)
@@ -166,11 +175,13 @@ class PythonRepl:
         requests_read, requests_write = os.pipe()
         replies_read, replies_write = os.pipe()
         self._log = tempfile.TemporaryFile()
+        # the interpreter's tree: its processes plus bwrap's two and the interpreter itself
+        self._cgroup = Cgroup.create(self.limits.memory_mb << 20, self.limits.max_processes + 3)
         try:
             os.write(server_fd, SERVER_SOURCE.encode())
             os.lseek(server_fd, 0, os.SEEK_SET)
             self._process = subprocess.Popen(
-                self._argv(server_fd), stdin=requests_read, stdout=replies_write, stderr=self._log, env=LAUNCHER_ENV,
+                [*(self._cgroup.join_argv() if self._cgroup else []), *self._argv(server_fd)], stdin=requests_read, stdout=replies_write, stderr=self._log, env=LAUNCHER_ENV,
                 pass_fds=(server_fd,), start_new_session=True, close_fds=True,
             )
         except OSError as error:
@@ -251,7 +262,10 @@ class PythonRepl:
         if self._log is not None:
             self._log.close()
             self._log = None
+        cgroup, self._cgroup = self._cgroup, None
         if process is None:
+            if cgroup is not None:
+                cgroup.remove()
             return ""
         for pid in _children(process.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -262,6 +276,8 @@ class PythonRepl:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait()
+        if cgroup is not None:
+            cgroup.remove()
         return f"exit status {process.returncode}"
 
 
