@@ -665,6 +665,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
                 low, high = source["ci95"][name]
                 cells.append(f"{100 * source[name]:>10.1f}   {f'[{100 * low:.1f}, {100 * high:.1f}]':<16}")
             lines.append(f"  {name:<10}" + "".join(cells).rstrip())
+        if metrics.get("tools"):
+            lines.append("  tool use: " + ", ".join(f"{key.split('/')[-1]} {value:.3g}" for key, value in metrics["tools"].items()))
     return "\n".join(lines)
 
 

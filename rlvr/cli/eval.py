@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--problems-per-batch", type=int, default=32, help="Problems sampled and saved together (default: 32)."
     )
     parser.add_argument("--tools", default="none", help="Tool the model may call while it answers: none or python "
-                        "(a persistent sandboxed interpreter per sample; the template should tell the model, e.g. tool-chat).")
+                        "(a persistent sandboxed interpreter per sample; pair it with a template that tells the model, e.g. --template tool).")
     parser.add_argument("--max-tool-calls", type=int, default=4, help="With --tools: most calls per sample (default: 4).")
     parser.add_argument("--tool-time-limit", type=float, default=5.0, help="With --tools: seconds per call (default: 5).")
     parser.add_argument("--max-observation-tokens", type=int, default=128,
