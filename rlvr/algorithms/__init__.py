@@ -16,7 +16,10 @@ one module per family, so the variants of a family can be compared line by line:
 * :mod:`~rlvr.algorithms.value`: PPO with a value model: GAE (the ``gae`` estimator, :func:`gae_advantages`),
   VAPO's length-adaptive lambda, advantage whitening and the clipped value loss (:func:`value_loss`).
 
-Every public name is importable from ``rlvr.algorithms`` itself.
+Every public name is importable from ``rlvr.algorithms`` itself. A plug-in is a new module in this package that
+registers with a registry's decorator (``@POLICY_LOSSES.register("name")``), or, from another distribution, an
+entry point in the registry's group: ``rlvr.advantage_estimators``, ``rlvr.policy_losses``,
+``rlvr.loss_aggregations``, ``rlvr.kl_estimators``, ``rlvr.length_shapers``.
 
 Shapes: ``N`` samples in contiguous groups of ``group_size`` (sample ``i`` belongs to group
 ``i // group_size``); ``B`` sequences by ``T`` completion tokens with a 0/1 ``mask`` over real tokens.

@@ -19,7 +19,9 @@ STD_EPS = 1e-6
 AdvantageEstimator = Callable[..., Tensor]  # (grouped rewards [G, S]) -> [G, S]; see marked() for the others
 F = TypeVar("F", bound=Callable[..., Tensor])
 
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry(
+    "advantage estimator", package="rlvr.algorithms", entry_point_group="rlvr.advantage_estimators"
+)
 
 
 def marked(*, greedy_baseline: bool = False, token_level: bool = False) -> Callable[[F], F]:

@@ -12,7 +12,9 @@ from rlvr.registry import Registry
 # (loss [B, T] already zero where masked, mask [B, T], norm_len, denominator) -> scalar
 LossAggregation = Callable[[Tensor, Tensor, float, float | None], Tensor]
 
-LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss aggregation")
+LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry(
+    "loss aggregation", package="rlvr.algorithms", entry_point_group="rlvr.loss_aggregations"
+)
 
 
 def aggregate_loss(

@@ -11,7 +11,9 @@ from rlvr.registry import Registry
 
 KLEstimator = Callable[[Tensor], Tensor]
 
-KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
+KL_ESTIMATORS: Registry[KLEstimator] = Registry(
+    "KL estimator", package="rlvr.algorithms", entry_point_group="rlvr.kl_estimators"
+)
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:

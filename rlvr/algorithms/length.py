@@ -17,7 +17,9 @@ from rlvr.train_config import LengthConfig
 # (batch, options) -> (reward delta [N] or None, keep mask bool [N] or None); None means "this shaper is off".
 LengthShaper = Callable[["LengthBatch", LengthConfig], tuple[Tensor | None, Tensor | None]]
 
-LENGTH_SHAPERS: Registry[LengthShaper] = Registry("length shaper")
+LENGTH_SHAPERS: Registry[LengthShaper] = Registry(
+    "length shaper", package="rlvr.algorithms", entry_point_group="rlvr.length_shapers"
+)
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> Tensor:

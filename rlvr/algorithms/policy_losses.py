@@ -25,7 +25,9 @@ from rlvr.registry import Registry
 PolicyLoss = Callable[..., tuple[Tensor, dict[str, float]]]
 F = TypeVar("F", bound=PolicyLoss)
 
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLoss] = Registry(
+    "policy loss", package="rlvr.algorithms", entry_point_group="rlvr.policy_losses"
+)
 
 # Keyword arguments the update passes to every policy loss; the rest of a loss's keywords are its own options.
 COMMON_ARGUMENTS = frozenset({"agg", "norm_len", "denominator", "is_weights"})
