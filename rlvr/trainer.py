@@ -24,7 +24,7 @@ from rlvr.rollout.tools import with_tools
 from rlvr.sampling import Prompt, PromptStream, Rewarder, Rollouts, collect_rollouts, needs_greedy_baseline
 from rlvr.tracking import MetricsLogger
 from rlvr.train_config import TrainConfig
-from rlvr.update import TrainBatch, per_sample_logprobs, update_policy
+from rlvr.update import TrainBatch, loss_aggregation, per_sample_logprobs, update_policy
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -309,6 +309,7 @@ def describe_plan(cfg: TrainConfig, num_prompts: int) -> str:
     return json.dumps({
         "model": cfg.model.path, "task": cfg.data.task, "prompts": num_prompts, "steps": cfg.optim.steps,
         "samples_per_step": samples, "optimizer_steps_per_step": cfg.optim.ppo_epochs * -(-samples // cfg.optim.mini_batch_size),
-        "engine": cfg.rollout.engine, "estimator": cfg.algorithm.estimator, "loss_agg": cfg.algorithm.loss_agg,
+        "engine": cfg.rollout.engine, "estimator": cfg.algorithm.estimator,
+        "policy_loss": cfg.algorithm.policy_loss, "loss_agg": loss_aggregation(cfg.algorithm),
         "output_dir": cfg.checkpoint.output_dir,
     }, indent=2)

@@ -377,3 +377,13 @@ def test_shape_rewards_uses_explicit_correctness_for_kimi():
         max_len=100, kimi_coef=1.0, correct=torch.tensor([False, False]),
     )  # fmt: skip
     close(shaped, [1.0, -1.5])
+
+
+def test_docs_table_names_every_registered_algorithm():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "algorithms.md").read_text()
+    table = docs[docs.index("### Every registered name") : docs.index("**Plug-ins.**")]
+    for registry in (ADVANTAGE_ESTIMATORS, POLICY_LOSSES, LOSS_AGGREGATIONS, KL_ESTIMATORS, LENGTH_SHAPERS):
+        for name in registry.available():
+            assert f"| `{name}` |" in table, f"docs/algorithms.md has no row for the {registry.kind} {name!r}"
