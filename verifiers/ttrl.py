@@ -62,33 +62,19 @@ class Vote:
 
 
 def majority_vote(verifier: AnswerVerifier, completions: Sequence[str]) -> Vote:
-    """Cluster the final answers of ``completions`` by the verifier's equivalence.
+    """Cluster the final answers of ``completions`` by the verifier's equivalence, exactly as ``rlvr eval``
+    groups answers for maj@k (:func:`rlvr.metrics.answer_classes` with
+    :func:`rlvr.evaluation.answer_equivalence`): in sample order, an answer joins the first cluster whose
+    founding answer it is equivalent to (checked as that answer's gold), else it founds a new one; answers
+    spelled alike share a cluster without a check."""
+    from rlvr.evaluation import answer_equivalence
+    from rlvr.metrics import answer_classes
 
-    Samples are taken in order. A sample whose answer is spelled like an earlier one joins its cluster; else
-    it joins the first cluster whose founding answer it verifies against (``verifier.verify(completion,
-    answer).correct``: the same judgement that pays a sample against a gold answer); else it founds a new
-    cluster. Equivalence is judged against each cluster's founding answer, so a cluster never drifts away from
-    it. Each distinct spelling costs at most one verification per cluster."""
-    cluster_of: list[int | None] = []
-    answers: list[str] = []
-    sizes: list[int] = []
-    by_spelling: dict[str, int] = {}
-    for completion in completions:
-        answer = verifier.final_answer(completion)
-        if answer is None:
-            cluster_of.append(None)
-            continue
-        cluster = by_spelling.get(answer)
-        if cluster is None:
-            cluster = next((c for c, founder in enumerate(answers) if verifier.verify(completion, founder).correct), None)
-            if cluster is None:
-                cluster = len(answers)
-                answers.append(answer)
-                sizes.append(0)
-            by_spelling[answer] = cluster
-        sizes[cluster] += 1
-        cluster_of.append(cluster)
-    return Vote(cluster_of, answers, sizes)
+    answers = [verifier.final_answer(completion) for completion in completions]
+    classes = answer_classes(answers, answer_equivalence(verifier))
+    count = max(classes, default=-1) + 1
+    return Vote([None if c < 0 else c for c in classes], [answers[classes.index(c)] for c in range(count)],
+                [classes.count(c) for c in range(count)])
 
 
 @dataclass(frozen=True)
