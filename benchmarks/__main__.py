@@ -17,6 +17,7 @@ BENCHMARKS = {
     "train_step": "seconds per training step and peak memory, rlvr vs TRL GRPOTrainer",
     "eval_scoring": "cost of scoring 500 problems x 16 samples (maj@k with verifier equivalence, bootstrap)",
     "tasks_load": "data set loading time",
+    "ttrl_vote": "TTRL's label-free reward per prompt (64 votes, 32 trained) vs gold-answer verification",
     "tool_calls": "the python tool: interpreter start and one call, vs a one-shot bwrap run",
 }
 
