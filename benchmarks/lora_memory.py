@@ -16,9 +16,9 @@ kept for the adapter only. ``--kl-coef 0`` compares without a reference.
 - ``lora-adapter``: the same, synced as a vLLM LoRA adapter (``--engine vllm`` only).
 
 Each variant runs in its own subprocess; its peak resident memory is the process's ``VmHWM`` (trainer, engine,
-optimizer, everything). Reported per variant: the median of ``time/step`` (and its train and weight-sync parts)
-over the steps after ``--warmup``, the peak RSS, the trainable parameter count and the size of the final
-checkpoint on disk (LoRA: the adapter, plus the merged model written at the end, which is counted apart).
+optimizer, everything). Reported per variant: the median of ``time/step`` (and of its generate, train and
+weight-sync parts) over the steps after ``--warmup``, the peak RSS, the trainable parameter count and the size
+of the final checkpoint on disk (LoRA: the adapter, plus the merged model written at the end, counted apart).
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.train_step import Setup, build_model, peak_rss_mb, register_plugins, run_rlvr
+from benchmarks.train_step import Setup, build_model, peak_rss_mb, register_plugins, run_rlvr, run_worker
 
 VARIANTS = ("full", "lora", "lora-adapter")
 
@@ -85,14 +84,7 @@ def launch(variant: str, engine: str, model_dir: Path, setup: Setup, work: Path,
     command = [sys.executable, "-m", "benchmarks.lora_memory", "--worker", variant, "--engine", engine,
                "--model-dir", str(model_dir), "--work", str(work), "--setup", json.dumps(dataclasses.asdict(setup)),
                "--rank", str(rank), "--kl-coef", str(kl_coef)]
-    log = work / f"{variant}.log"
-    with log.open("w") as output:
-        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent).returncode
-    lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
-    if code != 0 or not lines:
-        tail = "\n".join(log.read_text().splitlines()[-25:])
-        return {"error": f"exit code {code}; last lines of {log}:\n{tail}"}
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return run_worker(command, work / f"{variant}.log")
 
 
 def median_after(values: list[float], warmup: int) -> float:
@@ -145,14 +137,15 @@ def main() -> None:
                   f"{result['peak_rss_mb']:.0f} MiB, wall {time.monotonic() - started:.0f} s", flush=True)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     full = results.get("full")
-    print(f"{'variant':<14}{'trainable':>12}{'peak RSS MiB':>14}{'RSS/full':>10}{'s/step':>9}{'train s':>9}"
+    print(f"{'variant':<14}{'trainable':>12}{'peak RSS MiB':>14}{'RSS/full':>10}{'s/step':>9}{'gen s':>8}{'train s':>9}"
           f"{'sync s':>9}{'step/full':>11}{'ckpt MiB':>10}{'merged MiB':>12}")
     for variant, result in results.items():
         step = median_after(result["step_seconds"], setup.warmup)
         memory_ratio = f"{result['peak_rss_mb'] / full['peak_rss_mb']:.2f}" if full else ""
         time_ratio = f"{step / median_after(full['step_seconds'], setup.warmup):.2f}" if full else ""
         print(f"{variant:<14}{result['trainable_parameters']:>12,}{result['peak_rss_mb']:>14.0f}{memory_ratio:>10}"
-              f"{step:>9.2f}{median_after(result['train_seconds'], setup.warmup):>9.2f}"
+              f"{step:>9.2f}{median_after(result['generate_seconds'], setup.warmup):>8.2f}"
+              f"{median_after(result['train_seconds'], setup.warmup):>9.2f}"
               f"{median_after(result['sync_seconds'], setup.warmup):>9.3f}{time_ratio:>11}"
               f"{result['checkpoint_mb']:>10.1f}{result['merged_mb']:>12.1f}")
 

@@ -260,7 +260,11 @@ def worker(side: str, engine: str, model_dir: Path, setup: Setup, work: Path) ->
 def launch(side: str, engine: str, model_dir: Path, setup: Setup, work: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", side, "--engine", engine,
                "--model-dir", str(model_dir), "--work", str(work), "--setup", json.dumps(dataclasses.asdict(setup))]
-    log = work / f"{side}-{engine}.log"
+    return run_worker(command, work / f"{side}-{engine}.log")
+
+
+def run_worker(command: list[str], log: Path) -> dict[str, Any]:
+    """Run a benchmark's worker subprocess with its output in ``log``: its ``RESULT`` line, or the error."""
     with log.open("w") as output:
         code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent).returncode
     lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]

@@ -46,7 +46,11 @@ def attach(model: nn.Module, cfg: LoraConfig, adapter_dir: Path | None = None) -
 
     The adapter starts as peft initialises it (``lora_B`` zero: base + adapter = base) or, with
     ``adapter_dir`` (a checkpoint being resumed), with the weights saved there."""
-    import peft
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError("model.lora needs peft: `pip install rlvr[lora]` (make setup installs it), or set "
+                          "model.lora.rank=0 for full fine-tuning") from error
 
     config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
                              target_modules=_target_modules(cfg.target_modules))

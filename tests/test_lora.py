@@ -6,12 +6,9 @@ exactly; ``rlvr eval`` takes an adapter directory."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +28,10 @@ pytest.importorskip("peft", reason="peft is not installed (the `lora` extra)")
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+import test_distributed  # noqa: E402  (its helpers for 2-rank runs)
+import test_faults  # noqa: E402  (its helpers for runs in a child process, and the signal sent to one)
 import train_plugins  # noqa: E402  (registers the test task and the even-length verifier)
+from test_distributed import plugin_env  # noqa: E402, F401  (a fixture: the test plug-ins found through entry points)
 
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44], [100]]
 LORA = ["model.lora.rank=4", "optim.lr=1e-2"]  # a LoRA learning rate: ~10x that of full fine-tuning
@@ -242,28 +242,17 @@ def test_rlvr_eval_takes_an_adapter_directory(tiny_model_dir, tmp_path):
     assert results["settings"]["model"] == str(adapter_dir.resolve())
 
 
-def cli_process(model_dir, run_dir, steps: int) -> subprocess.Popen:
-    arguments = [*train_plugins.overrides(model_dir, run_dir, steps=steps), *LORA]
-    script = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import train_plugins; from rlvr.cli import main; "
-              f"sys.exit(main(['train', *{arguments!r}]))")
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @pytest.mark.slow
 def test_a_lora_run_killed_with_sigkill_resumes_exactly(tiny_model_dir, tmp_path):
     """Uninterrupted vs killed mid-step 4 then resumed from step 2: identical adapters and rewards."""
-    train(settings(tiny_model_dir, tmp_path / "straight", 4))
+    extra = (*LORA, "checkpoint.every=2")
+    train(test_faults.settings(tiny_model_dir, tmp_path / "straight", 4, *extra))
     interrupted = tmp_path / "interrupted"
-    process = cli_process(tiny_model_dir, interrupted, 4)
-    deadline = time.monotonic() + 240
-    while len(read_metrics(interrupted)) < 3:  # step 3 logged: step 4 is under way
-        assert process.poll() is None, "the training subprocess ended before it could be killed"
-        assert time.monotonic() < deadline, "the training subprocess did not reach step 3"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    code, _, _ = test_faults.signal_after(test_faults.cli_process(tiny_model_dir, interrupted, 4, *extra), interrupted,
+                                          3, signal.SIGKILL)  # step 3 logged: step 4 is under way
+    assert code == -signal.SIGKILL
     assert (interrupted / "latest").read_text() == "step-000002"
-    final = train(settings(tiny_model_dir, interrupted, 4), resume=True)
+    final = train(test_faults.settings(tiny_model_dir, interrupted, 4, *extra), resume=True)
     assert final.name == "step-000004"
     expected = load_file(tmp_path / "straight" / "step-000004" / lora.ADAPTER_WEIGHTS)
     got = load_file(final / lora.ADAPTER_WEIGHTS)
@@ -289,3 +278,21 @@ def test_a_lora_run_on_vllm_syncs_adapter_versions_and_vllm_loads_the_merged_mod
     # vLLM stops at EOS, transformers' generate pads after it: compare up to the end of each vLLM answer
     expected = greedy(policy.eval(), PROMPTS)
     assert [group[0].token_ids for group in groups] == [e[: len(group[0].token_ids)] for e, group in zip(expected, groups, strict=True)]
+
+
+@pytest.mark.slow
+def test_a_two_rank_fsdp_lora_run_equals_the_one_process_run(tiny_model_dir, tmp_path, plugin_env):  # noqa: F811
+    """FSDP2 on 2 gloo ranks shards the adapted model; the adapter (and the KL against the adapter switched off)
+    come out as on one process."""
+    extra = (*LORA, "algorithm.kl_coef=0.01")
+    test_distributed.rlvr(test_distributed.train_arguments(tiny_model_dir, tmp_path / "single", 3, *extra), plugin_env)
+    test_distributed.rlvr(["train", "--nproc", "2",
+                           *test_distributed.train_arguments(tiny_model_dir, tmp_path / "two", 3, *extra)[1:]], plugin_env)
+    test_distributed.assert_same_metrics(read_metrics(tmp_path / "single"), read_metrics(tmp_path / "two"))
+    assert all(row["kl_ref"] > 0 for row in read_metrics(tmp_path / "two")[1:])
+    for name in ("step-000002/" + lora.ADAPTER_WEIGHTS, "step-000003/" + lora.ADAPTER_WEIGHTS,
+                 f"step-000003/{lora.MERGED_DIR}/model.safetensors"):
+        single, two = load_file(tmp_path / "single" / name), load_file(tmp_path / "two" / name)
+        assert single.keys() == two.keys()
+        for key, value in single.items():
+            torch.testing.assert_close(two[key], value, rtol=0, atol=test_distributed.WEIGHT_ATOL)
