@@ -4,12 +4,12 @@ A back-end starts the server once (inside bwrap, or as a container's main proces
 back the host's end of a ``SOCK_SEQPACKET`` socket to it; :class:`ForkServer` then turns each run
 into one request. The
 run's data never passes through the server: the host makes the run's pipes, a control socket
-and a memfd with its files, and hands the server only the descriptors, which the forked session
+and a memfd with its files, and hands the server only the descriptors, which the run's init
 reads after it has left the server. Where the host can make cgroups, it also hands over
-descriptors through which the session moves itself into the run's cgroup, first thing, before
+descriptors through which init moves itself into the run's cgroup, first thing, before
 anything of the run exists (no round trip to the host, and no host-side move, which on cgroup v1
 waits for an RCU grace period). The host streams the output with the usual caps, and asks the
-session to kill the run on overflow; if the session does not answer in time, the cgroup is
+init to kill the run on overflow; if init does not answer in time, the cgroup is
 killed, and without a cgroup the whole server is restarted, so a run can never outlive its limits.
 """
 
@@ -30,7 +30,7 @@ from sandboxes._cgroup import Cgroup
 from sandboxes.base import SANDBOX_ENV, Limits, RawOutcome, SandboxError, executable_file, pump_pipes
 
 ZYGOTE_SOURCE = Path(__file__).with_name("_zygote.py").read_text()
-# Seconds the server gets to start, and a session to set up or to report after a kill.
+# Seconds the server gets to start, and a run's init to set up or to report after a kill.
 START_SECONDS = 20.0
 GRACE_SECONDS = 3.0
 # The interpreter of the server, on the outer sandbox's file system (a real binary, not a shim).
@@ -222,7 +222,7 @@ class ForkServer:
             self.restart()
 
     def _acquire_cgroup(self, limits: Limits) -> Cgroup | None:
-        # A returned cgroup can still hold the session of its last run for a moment (it exits
+        # A returned cgroup can still hold the init of its last run for a moment (it exits
         # right after reporting): take an empty one, else make a new one.
         with self._cgroups_lock:
             empty = next((cgroup for cgroup in self._cgroups if not cgroup.pids()), None)

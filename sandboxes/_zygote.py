@@ -10,17 +10,20 @@
 # state, never from a state a previous run could have touched. Each request is a small JSON header
 # (argv, limits, environment: nothing secret) plus descriptors: a control socket, the run's stdin,
 # stdout and stderr pipes, a memfd holding its files, and, where the host made a cgroup for the
-# run, the cgroup files (opened by the host) through which the session moves itself there.
+# run, the cgroup files (opened by the host) through which init moves itself there.
 #
-# Per run, three processes:
-# * the session (forked from the server) closes the server's socket, joins the run's cgroup
-#   before anything else happens, unshares a nested user namespace with fresh mount, PID, IPC
-#   and network namespaces, and mounts private tmpfs on /work, /tmp and /dev/shm. It enforces the
-#   timeout and kills the run on the host's word (or when the host hangs up), then reports the
-#   exit status over the control socket.
-# * init, PID 1 of the run's PID namespace, mounts the namespace's own /proc (where the outer
-#   /proc does not allow that, as in containers, an empty tmpfs hides it), writes the files, and
-#   waits for the program. When init exits the kernel kills everything left in the namespace.
+# Per run, two processes:
+# * init is cloned from the server straight into a nested user namespace with fresh mount, PID,
+#   IPC and network namespaces (PID 1 of its own PID namespace: one fork of the warm interpreter
+#   per run fewer than forking a child that unshares). It closes the server's socket, joins the
+#   run's cgroup before anything else happens, mounts private tmpfs on /work, /tmp and /dev/shm
+#   and the namespace's own /proc (where the outer /proc does not allow that, as in containers, an
+#   empty tmpfs hides it), writes the files, and starts the program. It enforces the timeout and
+#   kills the run on the host's word (or when the host hangs up), kills and reaps whatever the
+#   program left, then reports the exit status over the control socket. Nothing in the namespace
+#   can signal it (PID 1 gets only the signals it handles, and it handles none) or trace it (not
+#   dumpable, and the program has no capabilities), and when it exits the kernel kills everything
+#   left in the namespace.
 # * the program drops every capability, gets the rlimits, a seccomp filter against new user
 #   namespaces and the fixed environment, then execs argv, or, for Python (``python3 FILE``),
 #   runs the file in this already-warm interpreter exactly as ``python3 FILE`` would.
@@ -28,6 +31,7 @@
 import atexit
 import base64
 import builtins
+import contextlib
 import ctypes
 import gc
 import json
@@ -36,7 +40,6 @@ import resource
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -44,6 +47,12 @@ import traceback
 import types
 
 libc = ctypes.CDLL(None, use_errno=True)
+# The same C library, called with the GIL held: a clone() through it leaves the child's interpreter
+# exactly as the parent's was at the call, as os.fork() does.
+libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
+SYS_CLONE = 56
+# The server's uid and gid: a child cloned into a new user namespace sees neither until it maps them.
+SERVER_UID, SERVER_GID = os.getuid(), os.getgid()
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     0x1, 0x2, 0x4, 0x8, 0x20, 0x1000, 0x4000, 0x40000)
@@ -99,7 +108,7 @@ def forbid_user_namespaces():
 
 
 def drop_capabilities():
-    """The session created the user namespace, so its children hold every capability in it."""
+    """init created the user namespace, so its children hold every capability in it."""
     for capability in range(64):
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             break  # past the last capability this kernel knows
@@ -116,7 +125,7 @@ def read_all(fd):
 
 
 def serve(channel):
-    """Fork one session per request until the host hangs up."""
+    """Clone one init per request until the host hangs up."""
     channel.send(b"ready")
     while True:
         try:
@@ -128,7 +137,7 @@ def serve(channel):
         if not ready:
             continue
         message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 8)
-        if not message:  # the host hung up; sessions still running end with their control sockets
+        if not message:  # the host hung up; runs still going end with their control sockets
             try:
                 while True:
                     os.wait()
@@ -141,11 +150,16 @@ def serve(channel):
             for fd in fds:
                 os.close(fd)
             continue
-        if os.fork() == 0:
+        try:
+            pid = clone_into_namespaces()
+        except OSError as error:
+            report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
+            pid = None
+        if pid == 0:
             status = 1
             try:
                 channel.close()
-                session(json.loads(message), *fds)
+                init(json.loads(message), *fds)
                 status = 0
             finally:
                 os._exit(status)
@@ -166,8 +180,29 @@ def precompile(message):
         pass
 
 
-def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_fds):
+def clone_into_namespaces():
+    """fork(), with the child in a new user, mount, PID, IPC and network namespace. The child's
+    C library still holds the server's thread id (a raw clone does not update it): init never
+    calls what reads it (raise, pthread mutexes checked for their owner), and everything it forks
+    goes through os.fork() again, which sets it right."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET | signal.SIGCHLD
+    pid = libc_holding_gil.syscall(SYS_CLONE, flags, None, None, None, None)
+    check(0 if pid >= 0 else -1, "clone")
+    return pid
+
+
+def report_to(control_fd, report):
+    with contextlib.suppress(OSError):
+        os.write(control_fd, json.dumps(report).encode())
+
+
+def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_fds):
+    """PID 1 of the run's namespaces: isolate, start the program, watch it, report."""
+    started = time.monotonic()
     control = socket.socket(fileno=control_fd)
+    # Python's own handler would let the program interrupt init with SIGINT; PID 1 ignores every
+    # signal from its namespace that it has no handler for.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         join_cgroup(cgroup_fds, request["cgroup_fds"])
     except OSError as error:
@@ -175,26 +210,25 @@ def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgro
         return
     try:
         prepare_namespaces(request)
+        # (only now: a process that is not dumpable cannot write its own uid_map)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        write_files(files_fd)
     except OSError as error:
         control.send(json.dumps({"error": f"cannot isolate the run: {error}"}).encode())
         return
-    status_read, status_write = os.pipe()
-    init = os.fork()
-    if init == 0:
-        code = 1
+    program = os.fork()
+    if program == 0:
         try:
             control.close()
-            os.close(status_read)
-            run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write)
-            code = 0
-        except BaseException as error:  # noqa: B036 - the host reports it as a sandbox error
-            os.write(status_write, f"E{error!r}"[:4000].encode())
+            run_program(request, stdin_fd, stdout_fd, stderr_fd)
+        except BaseException as error:  # noqa: B036 - report anything, never return into init
+            os.write(2, f"sandbox: {error!r}\n".encode())
         finally:
-            os._exit(code)
-    for fd in (stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
+            os._exit(127)
+    for fd in (stdin_fd, stdout_fd, stderr_fd):
         os.close(fd)
-    pidfd = os.pidfd_open(init)
-    deadline = time.monotonic() + request["timeout"]
+    pidfd = os.pidfd_open(program)
+    deadline = started + request["timeout"]
     timed_out = killed = False
     while True:
         remaining = deadline - time.monotonic()
@@ -207,23 +241,29 @@ def session(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgro
         if control in ready:
             killed = True  # the host's "kill", or it hung up
             break
-    if timed_out or killed:
-        os.kill(init, signal.SIGKILL)  # init's death takes the whole PID namespace
-    os.waitpid(init, 0)
-    status = os.read(status_read, 4096)
-    if status.startswith(b"E"):
-        report = {"error": f"cannot start the run: {status[1:].decode(errors='replace')}"}
-    else:
-        report = {"wait_status": struct.unpack("i", status)[0] if len(status) == 4 else None, "timed_out": timed_out}
+    status = None
+    if not (timed_out or killed):
+        status = os.waitpid(program, 0)[1]
+    # What the program left behind (all of it, on a timeout or kill) dies now, and is reaped here
+    # so that its resource usage counts for the run (our exit would kill it too, unaccounted).
+    # (again after each reap: a child forked while the signal went out escapes one round)
     try:
-        control.send(json.dumps(report).encode())
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.wait()
+    except ChildProcessError:
+        pass
+    try:
+        control.send(json.dumps({"wait_status": status, "timed_out": timed_out}).encode())
         # Closing with the host's "kill" unread would reset the connection and lose the report:
         # the host hangs up first.
         while control.recv(16):
             pass
     except OSError:
         pass
-
 
 
 def join_cgroup(fds, expected):
@@ -246,14 +286,19 @@ def fresh_session_keyring():
 
 
 def prepare_namespaces(request):
+    """Map our own uid and gid (the only ones an unprivileged user may map), then make every
+    mount private, mount the run's own writable file systems and its /proc."""
     fresh_session_keyring()
-    uid, gid = os.getuid(), os.getgid()
-    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{SERVER_UID} {SERVER_UID} 1"),
+                       ("gid_map", f"{SERVER_GID} {SERVER_GID} 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     private_writable_mounts(request["disk_bytes"])
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
 
 
 def private_writable_mounts(size):
@@ -288,13 +333,7 @@ def private_writable_mounts(size):
             raise OSError(f"a writable {fstype} at {target} would be shared between runs")
 
 
-def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
-    """PID 1 of the run's namespace: /proc, the files, then wait for the program."""
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    try:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+def write_files(files_fd):
     files = json.loads(read_all(files_fd))
     os.close(files_fd)
     for name, (content, executable) in files.items():
@@ -303,34 +342,6 @@ def run_init(request, stdin_fd, stdout_fd, stderr_fd, files_fd, status_write):
         with open(path, "wb") as handle:
             handle.write(base64.b64decode(content))
         os.chmod(path, 0o755 if executable else 0o644)
-    program = os.fork()
-    if program == 0:
-        try:
-            os.close(status_write)
-            run_program(request, stdin_fd, stdout_fd, stderr_fd)
-        except BaseException as error:  # noqa: B036 - report anything, never return into init
-            os.write(2, f"sandbox: {error!r}\n".encode())
-        finally:
-            os._exit(127)
-    for fd in (stdin_fd, stdout_fd, stderr_fd):
-        os.close(fd)
-    while True:
-        pid, status = os.wait()
-        if pid == program:
-            break
-    # What the program left behind dies now, and is reaped here so that its resource usage counts
-    # for the run (our exit would kill it too, unaccounted).
-    # (again after each reap: a child forked while the signal went out escapes one round)
-    try:
-        while True:
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.wait()
-    except ChildProcessError:
-        pass
-    os.write(status_write, struct.pack("i", status))
 
 
 def run_program(request, stdin_fd, stdout_fd, stderr_fd):

@@ -6,7 +6,7 @@ Each sandbox keeps one long-lived container (created on first use) whose main pr
 warm fork server (``_zygote.py``, see ``_warm.py``), as an unprivileged uid of its own, with no
 network, a read-only root file system, every capability dropped, ``no-new-privileges``, and
 cgroup limits on memory and process count. The server connects to a unix socket the host
-bind-mounts into the container (read-only) and forks one session per run, with the same
+bind-mounts into the container (read-only) and clones one isolated init per run, with the same
 isolation as the bwrap back-end: a nested user namespace with fresh mount, PID, IPC and network
 namespaces, private tmpfs ``/work``, ``/tmp`` and ``/dev/shm``, rlimits, a seccomp filter against
 new user namespaces, a per-run cgroup where the host can make one, and the whole PID namespace
