@@ -79,6 +79,20 @@ def test_environment_is_clean(sandbox, monkeypatch):
     assert eval(result.stdout) == sorted(["PATH", "HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "PWD"])
 
 
+def test_precompiling_a_program_is_only_a_hint(sandbox):
+    program = "import sys\nprint('precompiled', sys.argv[0], __name__)\nraise ValueError('boom')\n"
+    sandbox.precompile(program)
+    sandbox.precompile("def broken(:\n")  # refused quietly by the warm server, never fatal
+    result = sandbox.run(program)
+    assert (result.status, result.stdout) == ("error", "precompiled main.py __main__\n")
+    assert "main.py\", line 3" in result.stderr and result.stderr.rstrip().endswith("ValueError: boom")
+    # A program that differs by one word is never taken for the precompiled one.
+    other = program.replace("'precompiled'", "'compiled'")
+    assert sandbox.run(other).stdout == "compiled main.py __main__\n"
+    broken = sandbox.run("def broken(:\n")
+    assert broken.status == "error" and "SyntaxError" in broken.stderr
+
+
 def test_registry_and_errors():
     assert {"bwrap", "docker", "subprocess"} <= set(sandboxes.available())
     with pytest.raises(TypeError, match="unknown sandbox option"):

@@ -33,6 +33,35 @@ def sandbox(request):
     box.close()
 
 
+# Processes of one run that each stay within the per-process memory limit; all together they need
+# COUNT x 80 MiB.
+TREE_MEMORY = """
+import os, time
+children = []
+for _ in range(COUNT):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(80 << 20)  # zero-filled, so resident
+        time.sleep(0.5)
+        os._exit(0)
+    children.append(pid)
+print([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children])
+"""
+
+
+def test_the_memory_limit_bounds_the_whole_process_tree(sandbox):
+    from sandboxes._cgroup import Cgroup
+
+    probe = Cgroup.create(1 << 30, 64)
+    if probe is None:
+        pytest.skip("no cgroup can be made here (needs root and the memory and pids controllers)")
+    probe.remove()
+    within = sandbox.run(TREE_MEMORY.replace("COUNT", "2"), memory_mb=256)
+    assert (within.status, within.stdout) == ("ok", "[0, 0]\n")
+    beyond = sandbox.run(TREE_MEMORY.replace("COUNT", "4"), memory_mb=256)
+    assert beyond.status == "memory", beyond
+
+
 # Places a program could leave something for the next one: files in every writable directory, an
 # environment variable, patched modules and builtins, a new module, System V IPC objects, and a
 # daemon that keeps writing.
