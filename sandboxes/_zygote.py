@@ -81,7 +81,7 @@ def mount(source, target, fstype, flags, data=None):
                      flags, data.encode() if data else None), f"mount {target}")
 
 
-def forbid_user_namespaces():
+def user_namespace_filter():
     """A seccomp filter (allowed unprivileged under no_new_privs): unshare/clone with CLONE_NEWUSER
     fail with EPERM, clone3 (whose flags a filter cannot read) with ENOSYS so libc falls back to
     clone, and syscalls of other architectures or of the x32 ABI (numbers with bit 30 set, which
@@ -103,8 +103,16 @@ def forbid_user_namespaces():
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
 
     instructions = (Instruction * len(program))(*[Instruction(*item) for item in program])
+    return Program(len(program), instructions)  # (which keeps the instructions alive)
+
+
+# Built once by the server, not in every run.
+NO_USER_NAMESPACES = user_namespace_filter()
+
+
+def forbid_user_namespaces():
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(Program(len(program), instructions))), "seccomp")
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(NO_USER_NAMESPACES)), "seccomp")
 
 
 def drop_capabilities():
