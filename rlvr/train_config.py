@@ -117,7 +117,7 @@ class AlgorithmConfig:
                            choices=Registered("rlvr.algorithms:LOSS_AGGREGATIONS"))
     policy_loss: str = option("ppo", "Policy loss: ppo (clipped ratio: clip_low, clip_high, dual_clip), gspo (sequence ratio, aggregated per sequence), cispo (truncated IS weight without gradient, token-mean) or dppo (probability-difference trust region); see docs/algorithms.md.",
                               choices=Registered("rlvr.algorithms:POLICY_LOSSES"))
-    policy_loss_options: dict[str, dict[str, Any]] = option({}, "Options of the policy losses other than ppo, per name, replacing their defaults (gspo: the paper's): gspo {clip_low: 3.0e-4, clip_high: 4.0e-4}, cispo {clip_high: 4.0}, dppo {clip_low: 0.2, clip_high: 0.2, is_cap: 20.0}.")
+    policy_loss_options: dict[str, dict[str, Any]] = option({}, "Options of the policy losses other than ppo, per name, replacing their defaults (gspo: the paper's): gspo {clip_low: 3.0e-4, clip_high: 4.0e-4}, cispo {clip_high: 4.0, clip_low: null}, dppo {clip_low: 0.2, clip_high: 0.2, is_cap: 20.0}.")
     clip_low: float = option(0.2, "PPO lower clip range (ratio >= 1 - clip_low), for policy_loss ppo.")
     clip_high: float = option(0.28, "PPO upper clip range (ratio <= 1 + clip_high); > clip_low is DAPO clip-higher. For policy_loss ppo.")
     dual_clip: float | None = option(None, "Dual-clip bound c > 1 for negative advantages (null: off), for policy_loss ppo.")

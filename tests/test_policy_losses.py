@@ -127,6 +127,13 @@ def test_cispo_against_hand_values():
     assert metrics["is_truncated_frac"] == pytest.approx(1 / 3)
 
 
+def test_cispo_optional_lower_bound():
+    # ratio exp(-0.1) = 0.904837 raised to 1 - 0.05 = 0.95: loss -0.95 * 1 * (-1.0), gradient -0.95
+    loss, grad, metrics = loss_and_grad("cispo", [[-1.0]], [[-0.9]], [1.0], [[1]], clip_low=0.05)
+    assert loss == pytest.approx(0.95) and grad == [[pytest.approx(-0.95)]]
+    assert metrics["is_truncated_frac"] == 1.0
+
+
 def test_cispo_is_token_mean_whatever_agg_says():
     args = ([[-1.0, -0.5], [-2.0, 0.0]], [[-1.5, -0.4], [-2.0, 0.0]], [2.0, -1.0], [[1, 1], [1, 0]])
     assert loss_and_grad("cispo", *args, agg="seq-mean-token-mean")[0] == loss_and_grad("cispo", *args)[0]
@@ -200,6 +207,11 @@ def test_the_config_chooses_the_loss_and_its_options():
     assert any("is_cap > 0" in problem for problem in preflight.config_problems(cfg))
     cfg = config.load(TrainConfig, None, ["algorithm.policy_loss_options={ppo: {clip_low: 0.1}}"])
     assert any("algorithm.clip_low" in problem for problem in preflight.config_problems(cfg))
+    # YAML reads 3e-4 as text; the loss takes it as the number it spells
+    cfg = config.load(TrainConfig, None, ["algorithm.policy_loss=gspo", "algorithm.policy_loss_options={gspo: {clip_low: 3e-4}}"])
+    assert not [problem for problem in preflight.config_problems(cfg) if "policy_loss" in problem]
+    _, grad, _ = loss_and_grad("gspo", [[-1.0]], [[-1.0]], [1.0], [[1]], clip_low="3e-4")
+    assert grad == [[pytest.approx(-1.0)]]
 
 
 @pytest.mark.slow

@@ -15,12 +15,18 @@ from rlvr.algorithms import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
     compute_advantages,
+    compute_policy_loss,
+    is_token_level,
     kl_penalty,
     policy_loss,
     shape_rewards,
+    uses_greedy_baseline,
 )
 
+# The estimators whose baseline is the group's own rewards (remax takes a greedy sample's, gae a value model's).
+GROUP_ESTIMATORS = [name for name in ADVANTAGE_ESTIMATORS.available() if not (uses_greedy_baseline(name) or is_token_level(name))]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 rewards_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 logprob_values = st.floats(min_value=-30.0, max_value=0.0, allow_nan=False, width=32)
@@ -37,7 +43,7 @@ def grouped_rewards(draw, min_group=1):
 
 @pytest.mark.slow
 @FAST
-@given(data=grouped_rewards(min_group=2), estimator=st.sampled_from(ADVANTAGE_ESTIMATORS.available()))
+@given(data=grouped_rewards(min_group=2), estimator=st.sampled_from(GROUP_ESTIMATORS))
 def test_advantages_are_finite_and_zero_for_flat_groups(data, estimator):
     rewards, group_size = data
     advantages = compute_advantages(rewards, group_size, estimator)
@@ -82,6 +88,19 @@ def test_policy_loss_and_its_gradient_are_finite(batch, agg, clip, dual_clip, kl
     assert math.isfinite(loss.item()) and bool(torch.isfinite(logprobs.grad).all())
     assert all(math.isfinite(value) for value in metrics.values())
     assert bool(torch.isfinite(kl_penalty(logprobs.detach(), old, kl)).all())
+
+
+@pytest.mark.slow
+@FAST
+@given(batch=loss_batch(), agg=st.sampled_from(LOSS_AGGREGATIONS.available()),
+       name=st.sampled_from([name for name in POLICY_LOSSES.available() if name != "ppo"]))
+def test_every_other_policy_loss_and_its_gradient_are_finite(batch, agg, name):
+    logprobs, old, advantages, mask = batch
+    logprobs = logprobs.clone().requires_grad_(True)
+    loss, metrics = compute_policy_loss(name, logprobs, old, advantages, mask, agg=agg, norm_len=float(mask.shape[1]))
+    loss.backward()
+    assert math.isfinite(loss.item()) and bool(torch.isfinite(logprobs.grad).all())
+    assert all(math.isfinite(value) for value in metrics.values())
 
 
 @pytest.mark.slow

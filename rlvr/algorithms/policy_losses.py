@@ -60,8 +60,9 @@ def policy_loss_options(name: str) -> dict[str, Any]:
     }
 
 
-def check_policy_loss_options(name: str, options: dict[str, Any]) -> None:
-    """Raise ``TypeError`` naming the valid options when ``options`` holds one policy loss ``name`` does not take."""
+def check_policy_loss_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of policy loss ``name``, numbers written as text turned into floats (YAML reads ``3e-4`` as a
+    string); ``TypeError`` naming the valid options for one the loss does not take or a number that is not one."""
     valid = policy_loss_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -69,6 +70,15 @@ def check_policy_loss_options(name: str, options: dict[str, Any]) -> None:
             f"policy loss {name!r} has no option(s) {unknown}; its options (defaults): "
             + (", ".join(f"{key}={value}" for key, value in valid.items()) or "(none)")
         )
+    parameters = inspect.signature(POLICY_LOSSES.get(name)).parameters
+    checked = dict(options)
+    for key, value in options.items():
+        if isinstance(value, str) and "float" in str(parameters[key].annotation):
+            try:
+                checked[key] = float(value)
+            except ValueError:
+                raise TypeError(f"policy loss {name!r}: option {key} must be a number, got {value!r}") from None
+    return checked
 
 
 def compute_policy_loss(
@@ -82,8 +92,8 @@ def compute_policy_loss(
     out take the loss's defaults.
     """
     loss = POLICY_LOSSES.get(name)
-    check_policy_loss_options(name, {key: value for key, value in options.items() if key not in COMMON_ARGUMENTS})
-    return loss(logprobs, old_logprobs, advantages, mask, agg=policy_loss_aggregation(name, agg), **options)
+    own = check_policy_loss_options(name, {key: value for key, value in options.items() if key not in COMMON_ARGUMENTS})
+    return loss(logprobs, old_logprobs, advantages, mask, agg=policy_loss_aggregation(name, agg), **{**options, **own})
 
 
 def truncated_is_weights(trainer_logprobs: Tensor, sampler_logprobs: Tensor, cap: float) -> Tensor:
@@ -293,6 +303,7 @@ def cispo_loss(
     mask: Tensor,
     *,
     clip_high: float = 4.0,
+    clip_low: float | None = None,
     agg: str = "token-mean",
     norm_len: float | None = None,
     denominator: float | None = None,
@@ -306,19 +317,19 @@ def cispo_loss(
         loss_t = -sg(min(ratio_t, 1 + clip_high)) * A_t * logprobs_t       # d loss_t / d logprobs_t = -min(ratio, 1 + clip_high) * A
 
     aggregated per token (``token-mean``, whatever ``algorithm.loss_agg`` says). The paper sets no lower
-    bound and tunes only the upper one without publishing it; the default ``clip_high = 4.0`` (a weight of at
-    most 5) is ours. Metrics: ``is_truncated_frac`` (tokens whose weight is capped: ratio > 1 + clip_high) and
-    the ratio statistics.
+    bound (``clip_low`` None; a number bounds the weight below at ``1 - clip_low`` too) and tunes only the upper
+    one without publishing it; the default ``clip_high = 4.0`` (a weight of at most 5) is ours. Metrics:
+    ``is_truncated_frac`` (tokens whose weight is capped: ratio > 1 + clip_high, or below 1 - clip_low) and the
+    ratio statistics.
     """
     advantages = _token_advantages(logprobs, old_logprobs, advantages, mask)
-    if clip_high < 0:
-        raise ValueError(f"cispo's clip_high must be >= 0 (the weight cap is 1 + clip_high), got {clip_high}")
+    if clip_high < 0 or (clip_low is not None and not 0.0 <= clip_low <= 1.0):
+        raise ValueError(f"cispo needs clip_high >= 0 and clip_low in [0, 1] or None, got {clip_high}, {clip_low}")
     log_ratio = _log_ratio(logprobs, old_logprobs)
     ratio = log_ratio.detach().exp()
-    loss = _finish(
-        -ratio.clamp(max=1.0 + clip_high) * advantages * logprobs, mask, is_weights, agg, norm_len, denominator
-    )
-    return loss, _token_metrics(mask, log_ratio, {"is_truncated_frac": ratio > 1.0 + clip_high})
+    weight = ratio.clamp(min=None if clip_low is None else 1.0 - clip_low, max=1.0 + clip_high)
+    loss = _finish(-weight * advantages * logprobs, mask, is_weights, agg, norm_len, denominator)
+    return loss, _token_metrics(mask, log_ratio, {"is_truncated_frac": weight != ratio})
 
 
 @POLICY_LOSSES.register("dppo")
