@@ -19,6 +19,7 @@ BENCHMARKS = {
     "tasks_load": "data set loading time",
     "ttrl_vote": "TTRL's label-free reward per prompt (64 votes, 32 trained) vs gold-answer verification",
     "tool_calls": "the python tool: interpreter start and one call, vs a one-shot bwrap run",
+    "policy_losses": "forward + backward of each registered policy loss on [64, 2048] log-probs, as a ratio to ppo",
 }
 
 
