@@ -2,10 +2,10 @@
 and truncated importance sampling for the sampler/trainer mismatch.
 
 Every loss is a function ``(logprobs, old_logprobs, advantages, mask, *, agg, norm_len, denominator,
-is_weights, **its_options) -> (loss, metrics)``; its own options are keyword arguments with their published
-defaults. ``ratio = exp(logprobs - old_logprobs)`` per token, ``A`` the advantage (``[B]``, one per sequence, or
-``[B, T]``), ``sg`` the stop-gradient. Shapes: ``B`` sequences by ``T`` completion tokens with a 0/1 ``mask``
-over real tokens. Metrics always include ``num_tokens`` (the update weighs micro-batches by it) and the ratio's
+is_weights, **its_options) -> (loss, metrics)``; its own options are keyword arguments with defaults
+(docs/algorithms.md says which are published ones). ``ratio = exp(logprobs - old_logprobs)`` per token, ``A``
+the advantage (``[B]``, one per sequence, or ``[B, T]``), ``sg`` the stop-gradient. Shapes: ``B`` sequences by
+``T`` completion tokens with a 0/1 ``mask`` over real tokens. Metrics always include ``num_tokens`` (the update weighs micro-batches by it) and the ratio's
 ``ratio_mean/max/min`` and ``approx_kl``; each loss adds the fraction of tokens its clip or mask takes out.
 """
 
@@ -34,7 +34,7 @@ COMMON_ARGUMENTS = frozenset({"agg", "norm_len", "denominator", "is_weights"})
 
 
 def aggregates_with(agg: str) -> Callable[[F], F]:
-    """Decorator: the policy loss's definition fixes its aggregation (GSPO: per sequence), whatever
+    """Decorator: the policy loss's definition fixes its aggregation (GSPO: per sequence, CISPO: per token), whatever
     ``algorithm.loss_agg`` says; :func:`policy_loss_aggregation` reads it (never the loss's name)."""
 
     def mark(loss: F) -> F:
@@ -51,7 +51,7 @@ def policy_loss_aggregation(name: str, agg: str) -> str:
 
 
 def policy_loss_options(name: str) -> dict[str, Any]:
-    """The options of policy loss ``name`` with their defaults (``None``: required), the common arguments left out."""
+    """The own options of policy loss ``name`` and their defaults (None for a keyword without one)."""
     parameters = inspect.signature(POLICY_LOSSES.get(name)).parameters.values()
     return {
         parameter.name: None if parameter.default is inspect.Parameter.empty else parameter.default
