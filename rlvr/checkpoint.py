@@ -63,11 +63,11 @@ def save(
         lora.save_merged(model, staging / lora.MERGED_DIR, world)
     if optimizer is not None:
         save_optimizer(staging / OPTIMIZER_DIR, model, optimizer)
+    if critic is not None:
+        critic.save(staging / VALUE_DIR)
     barrier(world)
     if world.is_main:
         tokenizer.save_pretrained(staging)
-        if critic is not None:
-            critic.save(staging / VALUE_DIR)
         if merged:
             tokenizer.save_pretrained(staging / lora.MERGED_DIR)
         state = {"step": step, "rng": _rng_states(), **trainer_state}

@@ -7,8 +7,8 @@ forward per sample; for a head on the policy that would be shared. The value mod
 checkpoint without its LM head, plus a scalar head initialised to zero (every value starts at 0, so the first
 advantages are the plain discounted rewards).
 
-One process only for now: the value model is not sharded (``rlvr.distributed.shard_policy``), and the trainer
-refuses ``gae`` in a data-parallel job.
+Data-parallel, the value model is sharded with FSDP2 like the policy (``rlvr.distributed.shard_policy``), and its
+checkpoint (``value/``) is written and read like the policy's: full weights from rank 0, the optimizer sharded.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from rlvr.algorithms import (
     value_loss,
     whiten,
 )
-from rlvr.checkpoint import VALUE_DIR
+from rlvr.checkpoint import OPTIMIZER_DIR, VALUE_DIR, load_optimizer, save_optimizer
+from rlvr.distributed import SINGLE, World, all_gather, clip_grad_norm, combine_metrics, reduce, shard_policy
 from rlvr.train_config import TrainConfig
-from rlvr.update import TrainBatch, length_buckets, loss_denominator, pack, pad_rows
+from rlvr.update import TrainBatch, _in_lockstep, length_buckets, loss_denominator, pack, pad_rows
 
 WEIGHTS_FILE = "value_model.safetensors"
 STATE_FILE = "value_state.pt"
@@ -66,11 +67,17 @@ class ValueModel(nn.Module):
 
 
 class Critic:
-    """The value model with its optimizer and schedule: GAE advantages for a batch, then value updates."""
+    """The value model with its optimizer and schedule: GAE advantages for a batch, then value updates.
 
-    def __init__(self, model: ValueModel, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig, pad_id: int):
+    Data-parallel, the value model is sharded like the policy and each rank holds its samples of the batch
+    (``batch.positions``): values and GAE are per sample, the whitening statistics and the loss denominators
+    cover the whole batch, mini-batches are the same sets of samples as on one process, and every rank runs
+    as many forward passes as the busiest one (idle ones on a zero-weight token), as :mod:`rlvr.update` does."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig, pad_id: int,
+                 world: World = SINGLE):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.cfg, self.options, self.pad_id = cfg, cfg.algorithm.gae, pad_id
+        self.cfg, self.options, self.pad_id, self.world = cfg, cfg.algorithm.gae, pad_id, world
 
     def warming_up(self, step: int) -> bool:
         """Whether ``step`` is one of the first ``value_warmup_steps``, in which only the value model learns."""
@@ -81,7 +88,10 @@ class Critic:
         """The values of the given samples' completion tokens, one ``[T_i]`` CPU tensor each."""
         self.model.eval()
         out: dict[int, torch.Tensor] = {}
-        for micro in self._micro_batches(batch, indices):
+        for micro in _in_lockstep(self._micro_batches(batch, indices), self.world):
+            if not micro:
+                self._idle_pass(backward=False)
+                continue
             values, _ = self._forward(batch, micro)
             for row, index in enumerate(micro):
                 out[index] = values[row, : len(batch.completion_ids[index])].cpu()
@@ -90,7 +100,7 @@ class Critic:
     def advantages(self, batch: TrainBatch, rewards: torch.Tensor) -> dict[str, float]:
         """Fill ``batch.token_advantages``, ``returns`` and ``old_values`` from the samples' (shaped) ``rewards``
         ``[N]``: values now, the reward on each sample's last model token, GAE with the policy's lambda (VAPO:
-        length-adaptive) for the advantages (whitened over the batch's tokens in the loss) and with
+        length-adaptive) for the advantages (whitened over the whole batch's model tokens) and with
         ``critic_lam`` for the value targets."""
         everyone = list(range(len(batch)))
         old_values = self.values(batch, everyone)
@@ -104,69 +114,88 @@ class Critic:
         advantages, _ = gae_advantages(token_rewards, values, mask, opts.gamma, policy_lam)
         _, returns = gae_advantages(token_rewards, values, mask, opts.gamma, opts.critic_lam)
         if opts.whiten:
-            advantages = whiten(advantages, mask * batch.sample_mask[:, None])
+            in_loss = mask * batch.sample_mask[:, None]
+            pool = torch.tensor([a for rank in all_gather(self.world, advantages[in_loss.bool()].tolist()) for a in rank])
+            advantages = whiten(advantages, in_loss, pool=pool)
         lengths = [len(ids) for ids in batch.completion_ids]
         batch.token_advantages = [advantages[i, :length] for i, length in enumerate(lengths)]
         batch.returns = [returns[i, :length] for i, length in enumerate(lengths)]
         batch.old_values = old_values
         active = mask.bool()
-        return {"value/old_mean": values[active].mean().item() if active.any() else 0.0,
-                "value/return_mean": returns[active].mean().item() if active.any() else 0.0}
+        tokens, value_sum, return_sum = reduce(self.world, [active.sum().item(), values[active].sum().item(),
+                                                            returns[active].sum().item()])
+        return {"value/old_mean": value_sum / max(tokens, 1.0), "value/return_mean": return_sum / max(tokens, 1.0)}
 
     def update(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, float]:
         """``ppo_epochs`` passes of clipped value-loss updates over ``batch``, in the policy's mini-batches
-        (one optimizer step each) of micro-batches (gradients accumulated, the loss divided by the whole
-        mini-batch's tokens). Samples out of the loss (overlong filtering) are out of this one too."""
+        (one optimizer step each; a permutation of the whole batch drawn from ``generator``) of micro-batches
+        (gradients accumulated, the loss divided by the whole mini-batch's tokens over all ranks). Samples out
+        of the loss (overlong filtering) are out of this one too."""
         optim = self.cfg.optim
-        in_loss = [i for i in range(len(batch)) if batch.sample_mask[i] > 0]
+        total, local = batch.global_size or len(batch), batch.local_index()
         sums: dict[str, float] = {}
-        steps = 0
+        grad_norms: list[float] = []
         self.model.train()
         for _ in range(optim.ppo_epochs):
-            order = [in_loss[i] for i in torch.randperm(len(in_loss), generator=generator).tolist()]
-            for start in range(0, len(order), optim.mini_batch_size):
-                mini = order[start : start + optim.mini_batch_size]
-                denominator = loss_denominator("token-mean", [batch.model_tokens(i) for i in mini])
+            order = torch.randperm(total, generator=generator).tolist()
+            for start in range(0, total, optim.mini_batch_size):
+                mini = [local[p] for p in order[start : start + optim.mini_batch_size]
+                        if p in local and batch.sample_mask[local[p]] > 0]
+                denominator = reduce(self.world, [loss_denominator("token-mean", [batch.model_tokens(i) for i in mini])])[0]
                 self.optimizer.zero_grad(set_to_none=True)
-                metrics: dict[str, float] = {}
-                for micro in self._micro_batches(batch, mini):
+                for micro in _in_lockstep(self._micro_batches(batch, mini), self.world):
+                    if not micro:
+                        self._idle_pass(backward=True)
+                        continue
                     values, mask = self._forward(batch, micro)
                     width = mask.shape[1]
-                    loss, micro_metrics = value_loss(
+                    loss, metrics = value_loss(
                         values, pad_rows([batch.old_values[i] for i in micro], width, values.device),
                         pad_rows([batch.returns[i] for i in micro], width, values.device), mask,
                         clip=self.options.value_clip, denominator=denominator)
                     (self.options.value_coef * loss).backward()
-                    share = mask.sum().item() / max(denominator, 1.0)
-                    metrics["value/loss"] = metrics.get("value/loss", 0.0) + loss.item()
-                    for key, value in micro_metrics.items():
-                        metrics[key] = metrics.get(key, 0.0) + value * share
-                metrics["value/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm).item()
+                    share = mask.sum().item() / max(denominator, 1.0)  # of the mini-batch's tokens, over all ranks
+                    metrics = {"value/loss": loss.item(), **{key: value * share for key, value in metrics.items()}}
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                grad_norms.append(clip_grad_norm(self.model, optim.max_grad_norm))
                 self.optimizer.step()
                 self.scheduler.step()
-                steps += 1
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-        result = {key: value / max(steps, 1) for key, value in sums.items()}
+        steps = max(len(grad_norms), 1)
+        result = {key: value / steps for key, value in combine_metrics(self.world, sums).items()}
+        result["value/grad_norm"] = sum(grad_norms) / steps
         result["value/lr"] = self.scheduler.get_last_lr()[0]
         return result
 
     def save(self, directory: Path) -> None:
-        """The value model's weights, optimizer and schedule into ``directory`` (a checkpoint's ``value/``)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()},
-                  directory / WEIGHTS_FILE)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, directory / STATE_FILE)
+        """The value model's full weights (written by rank 0), its optimizer (each rank its shard) and schedule into
+        ``directory`` (a checkpoint's ``value/``). Every rank calls it."""
+        if self.world.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            state = self.model.state_dict()
+        if self.world.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            save_file({name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}, directory / WEIGHTS_FILE)
+            torch.save({"scheduler": self.scheduler.state_dict()}, directory / STATE_FILE)
+        save_optimizer(directory / OPTIMIZER_DIR, self.model, self.optimizer)
 
     def load(self, directory: Path) -> None:
-        """Restore what :meth:`save` wrote (``--resume``)."""
+        """Restore what :meth:`save` wrote (``--resume``), resharded onto this run's ranks."""
         if not (directory / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{directory.parent} has no value model ({VALUE_DIR}/{WEIGHTS_FILE}): it was not saved "
                                     "by a run with algorithm.estimator=gae; resume with the estimator it was trained with")
-        self.model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(next(self.model.parameters()).device)))
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        state = load_file(directory / WEIGHTS_FILE)
+        if self.world.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.load_state_dict(state)
+        load_optimizer(directory, self.model, self.optimizer)
+        self.scheduler.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)["scheduler"])
 
     def _model_mask(self, batch: TrainBatch, index: int) -> list[int]:
         return batch.loss_masks[index] if batch.loss_masks is not None else [1] * len(batch.completion_ids[index])
@@ -185,16 +214,27 @@ class Critic:
         values = self.model(packed.input_ids, packed.attention_mask, packed.prompt_lengths, packed.completion_ids)
         return values * mask, mask
 
+    def _idle_pass(self, backward: bool) -> None:
+        """A forward (and backward) of one token with zero weight: takes part in FSDP's collectives, changes nothing."""
+        device = next(self.model.parameters()).device
+        packed = pack([[self.pad_id]], [[self.pad_id]], self.pad_id, device)
+        values = self.model(packed.input_ids, packed.attention_mask, packed.prompt_lengths, packed.completion_ids)
+        if backward:
+            (values.sum() * 0.0).backward()
 
-def build_critic(cfg: TrainConfig, pad_id: int, build_optimizer, resume_from: Path | None) -> Critic | None:
+
+def build_critic(cfg: TrainConfig, pad_id: int, build_optimizer, resume_from: Path | None,
+                 world: World = SINGLE) -> Critic | None:
     """The :class:`Critic` of a ``gae`` run (None for every other estimator): from the policy's starting checkpoint
-    (``model.path``), or as saved in ``resume_from``. ``build_optimizer(model, cfg)`` is the trainer's AdamW and
-    schedule, given ``gae.value_lr``."""
+    (``model.path``), or as saved in ``resume_from``; sharded over the ranks like the policy. ``build_optimizer(model,
+    cfg)`` is the trainer's AdamW and schedule, given ``gae.value_lr``."""
     if not is_token_level(cfg.algorithm.estimator):
         return None
-    model = ValueModel.from_pretrained(cfg.model.path, training_dtype(cfg))
+    dtype = training_dtype(cfg)
+    value_model = ValueModel.from_pretrained(cfg.model.path, dtype)
+    model = shard_policy(value_model, world, dtype, layers_of=value_model.backbone)
     value_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.algorithm.gae.value_lr))
-    critic = Critic(model, *build_optimizer(model, value_cfg), cfg, pad_id)
+    critic = Critic(model, *build_optimizer(model, value_cfg), cfg, pad_id, world)
     if resume_from is not None:
         critic.load(resume_from / VALUE_DIR)
     return critic

@@ -207,10 +207,14 @@ def unwrapped(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, ShardedPolicy) else model
 
 
-def shard_policy(model: nn.Module, world: World, compute_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_policy(model: nn.Module, world: World, compute_dtype: torch.dtype | None = None, *,
+                 layers_of: nn.Module | None = None) -> nn.Module:
     """Shard ``model`` with FSDP2 over all ranks: each decoder layer its own unit (gathered just for its
     forward and backward), the rest in the root :class:`ShardedPolicy`. Gradients are SUMMED over ranks (FSDP
     averages by default): every rank scales its loss by the whole batch's denominator already.
+
+    ``layers_of``: a model whose own forward is what runs (PPO's value model, :mod:`rlvr.critic`) is its own
+    root, its decoder layers those of the Hugging Face model ``layers_of`` inside it.
 
     On a GPU the parameters are kept in float32 and computed in ``compute_dtype`` (mixed precision, gradients
     reduced in float32). A single process is returned unchanged."""
@@ -225,14 +229,15 @@ def shard_policy(model: nn.Module, world: World, compute_dtype: torch.dtype | No
     if on_gpu and compute_dtype is not None and compute_dtype != torch.float32:
         model = model.float()
         precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [module for module in model.modules() if type(module).__name__ in layer_classes]
+    hf_model = model if layers_of is None else layers_of
+    layer_classes = set(getattr(hf_model, "_no_split_modules", None) or ())
+    layers = [module for module in hf_model.modules() if type(module).__name__ in layer_classes]
     if not layers:
-        raise ValueError(f"found no decoder layers ({sorted(layer_classes)}) to shard in {type(model).__name__}; "
+        raise ValueError(f"found no decoder layers ({sorted(layer_classes)}) to shard in {type(hf_model).__name__}; "
                          "FSDP needs a Hugging Face causal LM that lists them in _no_split_modules")
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=precision)
-    root = ShardedPolicy(model)
+    root = ShardedPolicy(model) if layers_of is None else model
     fully_shard(root, mesh=mesh, mp_policy=precision)
     for module in root.modules():
         if isinstance(module, FSDPModule):

@@ -13,7 +13,7 @@ import torch
 import rlvr.rollout
 import tasks
 from rlvr import checkpoint, config, distributed, faults, lora
-from rlvr.algorithms import compute_advantages, is_token_level, shape_rewards
+from rlvr.algorithms import compute_advantages, shape_rewards
 from rlvr.critic import Critic, build_critic
 from rlvr.distributed import SINGLE, World
 from rlvr.evaluation import evaluate_with_engine, load_task, logging_metrics
@@ -60,7 +60,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
     stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
     optimizer, scheduler = build_optimizer(policy, cfg)
-    critic = build_critic(cfg, tokenizer.pad_token_id, build_optimizer, resume_from)  # PPO's value model (gae), else None
+    critic = build_critic(cfg, tokenizer.pad_token_id, build_optimizer, resume_from, world)  # PPO's value model (gae), else None
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     start_step = 0
     if resume_from is not None:
@@ -165,13 +165,10 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
 
 
 def check_world(cfg: TrainConfig, world: World) -> None:
-    """Every rank needs at least one prompt of each sampling round; PPO's value model runs on one process."""
+    """Every rank needs at least one prompt of each sampling round."""
     if cfg.optim.prompts_per_step < world.size:
         raise ValueError(f"optim.prompts_per_step={cfg.optim.prompts_per_step} is less than the {world.size} ranks of this "
                          "job: each rank samples a share of a step's prompts; raise it or start fewer ranks")
-    if is_token_level(cfg.algorithm.estimator) and world.distributed:
-        raise ValueError(f"algorithm.estimator={cfg.algorithm.estimator} trains a value model, which is not sharded across ranks yet: run it as one "
-                         "process (without torchrun), or use a group estimator (grpo, rloo, ...) for data-parallel runs")
 
 
 def update_models(policy, critic: Critic | None, optimizer, scheduler, batch: TrainBatch, cfg: TrainConfig, pad_id: int,

@@ -26,6 +26,7 @@ from rlvr.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import train_plugins  # noqa: E402
+from test_distributed import WEIGHT_ATOL, assert_same_weights, plugin_env, rlvr, train_arguments  # noqa: E402, F401
 
 GAMMA, LAM = 0.9, 0.8  # gamma * lam = 0.72
 
@@ -190,11 +191,29 @@ def test_resuming_a_gae_run_from_a_checkpoint_without_a_value_model_says_what_to
         critic.load(critic_dir)
 
 
-def test_gae_refuses_a_data_parallel_job():
-    from rlvr.distributed import World
-    from rlvr.trainer import check_world
 
-    cfg = config.load(TrainConfig, None, ["algorithm.estimator=gae", "optim.prompts_per_step=4"])
-    with pytest.raises(ValueError, match="not sharded across ranks yet"):
-        check_world(cfg, World(rank=0, size=2, distributed=True))
-    check_world(cfg, World())  # one process is fine
+@pytest.mark.slow
+def test_a_two_rank_gae_run_equals_the_one_process_run_and_resumes(tiny_model_dir, tmp_path, plugin_env):  # noqa: F811 (the fixture)
+    """The value model sharded with FSDP2 over 2 ranks (gloo): the same value model and policy as one process; its
+    step-1 checkpoint resumed on 2 ranks (the value model and its optimizer resharded) ends where the run did."""
+    def arguments(output_dir: Path) -> list[str]:
+        return train_arguments(tiny_model_dir, output_dir, 2, "algorithm.estimator=gae", "algorithm.gae.value_lr=1e-3",
+                               "checkpoint.every=1")[1:]
+
+    rlvr(["train", *arguments(tmp_path / "single")], plugin_env)
+    rlvr(["train", "--nproc", "2", *arguments(tmp_path / "two")], plugin_env)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "two" / "step-000001", resumed / "step-000001")
+    (resumed / "latest").write_text("step-000001")
+    rlvr(["train", "--nproc", "2", *arguments(resumed), "--resume"], plugin_env)
+    single = weights(tmp_path / "single" / "step-000002" / "value", "value_model.safetensors")
+    assert single["head.weight"].abs().sum() > 0
+    for run in ("two", "resumed"):
+        assert_same_weights(tmp_path / "single" / "step-000002", tmp_path / run / "step-000002")
+        got = weights(tmp_path / run / "step-000002" / "value", "value_model.safetensors")
+        assert set(single) == set(got)
+        for name in single:
+            torch.testing.assert_close(got[name], single[name], rtol=0, atol=WEIGHT_ATOL, msg=lambda m, name=name: f"{name}: {m}")
+    rows_single, rows_two = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "two")
+    assert [r["value/loss"] for r in rows_two] == pytest.approx([r["value/loss"] for r in rows_single], rel=1e-4)

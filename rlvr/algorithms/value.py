@@ -89,11 +89,12 @@ def length_adaptive_lambda(lengths: Tensor, alpha: float) -> Tensor:
     return (1.0 - 1.0 / (alpha * lengths.clamp(min=1.0))).clamp(0.0, 1.0)
 
 
-def whiten(advantages: Tensor, mask: Tensor) -> Tensor:
+def whiten(advantages: Tensor, mask: Tensor, pool: Tensor | None = None) -> Tensor:
     """``(A - mean) / (std + 1e-8)`` over the tokens where ``mask`` is 1 (Bessel-corrected std), 0 elsewhere;
-    fewer than 2 tokens are only centred."""
+    fewer than 2 tokens are only centred. ``pool``: the values the mean and std are taken over instead (the
+    whole batch's tokens, when this is one rank's share of it)."""
     active = mask.bool()
-    tokens = advantages[active]
+    tokens = advantages[active] if pool is None else pool.to(advantages)
     if tokens.numel() < 2:
         return torch.where(active, advantages - (tokens.mean() if tokens.numel() else 0.0), 0.0)
     return torch.where(active, (advantages - tokens.mean()) / (tokens.std() + WHITEN_EPS), 0.0)
