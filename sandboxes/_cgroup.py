@@ -29,6 +29,8 @@ class Cgroup:
         self.directories = directories
         self.version = version
         self._oom_kills_before = 0
+        # (memory bytes, max pids) last written; runs cannot change them (no run sees a cgroup file).
+        self._limits: tuple[int, int] | None = None
 
     @classmethod
     def create(cls, memory_bytes: int, max_pids: int) -> Cgroup | None:
@@ -37,12 +39,15 @@ class Cgroup:
         name = f"run-{uuid.uuid4().hex[:12]}"
         try:
             if (CGROUP_ROOT / "cgroup.controllers").is_file():
-                return cls._create_v2(name, memory_bytes, max_pids)
-            if (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").is_file() and (CGROUP_ROOT / "pids").is_dir():
-                return cls._create_v1(name, memory_bytes, max_pids)
+                group = cls._create_v2(name, memory_bytes, max_pids)
+            elif (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").is_file() and (CGROUP_ROOT / "pids").is_dir():
+                group = cls._create_v1(name, memory_bytes, max_pids)
+            else:
+                return None
         except OSError:
             return None
-        return None
+        group._limits = (memory_bytes, max_pids)
+        return group
 
     @classmethod
     def _create_v1(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup:
@@ -117,15 +122,17 @@ class Cgroup:
     def reset(self, memory_bytes: int, max_pids: int) -> None:
         """Make an empty cgroup ready for the next run (warm back-ends reuse them): its limits, and
         out-of-memory kills counted from now."""
-        memory, pids = (self.directories[0], self.directories[-1])
-        if self.version == 2:
-            (memory / "memory.max").write_text(str(memory_bytes))
-        else:
-            # memory+swap may never be below memory: one of the two writes of it fits either order.
-            for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
-                with contextlib.suppress(OSError):
-                    (memory / name).write_text(str(memory_bytes))
-        (pids / "pids.max").write_text(str(max_pids))
+        if self._limits != (memory_bytes, max_pids):
+            memory, pids = (self.directories[0], self.directories[-1])
+            if self.version == 2:
+                (memory / "memory.max").write_text(str(memory_bytes))
+            else:
+                # memory+swap may never be below memory: one of the two writes of it fits either order.
+                for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                    with contextlib.suppress(OSError):
+                        (memory / name).write_text(str(memory_bytes))
+            (pids / "pids.max").write_text(str(max_pids))
+            self._limits = (memory_bytes, max_pids)
         self._oom_kills_before = self._oom_kills()
 
     def pids(self) -> set[int]:
