@@ -217,3 +217,18 @@ def test_a_two_rank_gae_run_equals_the_one_process_run_and_resumes(tiny_model_di
             torch.testing.assert_close(got[name], single[name], rtol=0, atol=WEIGHT_ATOL, msg=lambda m, name=name: f"{name}: {m}")
     rows_single, rows_two = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "two")
     assert [r["value/loss"] for r in rows_two] == pytest.approx([r["value/loss"] for r in rows_single], rel=1e-4)
+
+
+def test_per_token_advantages_reach_the_policy_loss(tiny_model_dir):
+    """On-policy (ratio 1) the PPO loss per token is -A_t, so the token-mean loss of a micro-batch with GAE's
+    per-token advantages is minus their mean over its tokens: (-(0.5 - 1.0 + 2.0) - (3.0 - 1.0)) / 5 = -0.7."""
+    from rlvr.policy import load_policy
+    from rlvr.update import TrainBatch, _micro_step
+
+    model, tokenizer = load_policy(str(tiny_model_dir))
+    batch = TrainBatch(prompt_ids=[[5, 6], [7]], completion_ids=[[8, 9, 10], [11, 12]], advantages=torch.zeros(2),
+                       sample_mask=torch.ones(2), sampler_logprobs=[[-1.0] * 3, [-1.0] * 2],
+                       token_advantages=[torch.tensor([0.5, -1.0, 2.0]), torch.tensor([3.0, -1.0])])
+    cfg = config.load(TrainConfig, None, ["algorithm.estimator=gae"])
+    metrics = _micro_step(model, batch, [0, 1], cfg, tokenizer.pad_token_id, torch.device("cpu"), denominator=5.0)
+    assert metrics["loss"] == pytest.approx(-0.7, abs=1e-6)
