@@ -15,6 +15,7 @@ BENCHMARKS = {
     "sandbox_load": "10,000 programs (10% hostile) through one warm sandbox: throughput, latency, server memory",
     "rollout": "rollout tokens/s, vLLM vs transformers generate",
     "train_step": "seconds per training step and peak memory, rlvr vs TRL GRPOTrainer",
+    "lora_memory": "peak memory and seconds per step, LoRA vs full fine-tuning (SmolLM2-135M-Instruct, same batch)",
     "eval_scoring": "cost of scoring 500 problems x 16 samples (maj@k with verifier equivalence, bootstrap)",
     "tasks_load": "data set loading time",
     "ttrl_vote": "TTRL's label-free reward per prompt (64 votes, 32 trained) vs gold-answer verification",
