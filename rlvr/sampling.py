@@ -198,7 +198,9 @@ class Rollouts:
     verifier_names: list[str] = field(default_factory=list)
     loss_masks: list[list[int]] = field(default_factory=list)  # per token: 1 the model's, 0 a tool's output
     tool_uses: list[ToolUse | None] = field(default_factory=list)
-    baseline_rewards: list[float] = field(default_factory=list)  # ReMax: the reward of its prompt's greedy sample
+    baseline_rewards: list[float] = field(default_factory=list)  # ReMax: the reward of its prompt's greedy sample,
+    baseline_lengths: list[int] = field(default_factory=list)  # its model tokens
+    baseline_truncated: list[bool] = field(default_factory=list)  # and whether it was cut at max_new_tokens
     votes: list[VoteStats | None] = field(default_factory=list)  # TTRL: its prompt's vote
 
     def __len__(self) -> int:
@@ -234,11 +236,12 @@ def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: Trai
         engine, ids, examples, rewarder, n=max(size, config.verifier.ttrl_votes),
         temperature=config.rollout.temperature, top_p=config.rollout.top_p, **limits,
     )
-    baselines = [0.0] * len(prompts)
+    baselines = [(0.0, 0, False)] * len(prompts)  # (reward, model tokens, truncated) of each prompt's greedy sample
     if needs_greedy_baseline(config):
-        _, greedy_verdicts, greedy_timings = generate_and_score(engine, ids, examples, rewarder, n=1, temperature=0.0,
-                                                                top_p=1.0, **limits)
-        baselines = [group[0].reward for group in greedy_verdicts]
+        greedy, greedy_verdicts, greedy_timings = generate_and_score(engine, ids, examples, rewarder, n=1, temperature=0.0,
+                                                                     top_p=1.0, **limits)
+        baselines = [(verdict[0].reward, sum(sample[0].loss_mask or [1] * len(sample[0].token_ids)),
+                      sample[0].finish_reason == "length") for sample, verdict in zip(greedy, greedy_verdicts, strict=True)]
         timings = {name: timings[name] + greedy_timings[name] for name in timings}
     rollouts = Rollouts(size)
     for prompt, completions, group_verdicts, baseline in zip(prompts, groups, verdicts, baselines, strict=True):
@@ -254,7 +257,9 @@ def sample_round(engine, prompts: list[Prompt], rewarder: Rewarder, config: Trai
             rollouts.reasons.append(verdict.reason)
             rollouts.loss_masks.append(completion.loss_mask or [1] * len(completion.token_ids))
             rollouts.tool_uses.append(completion.tool_use)
-            rollouts.baseline_rewards.append(baseline)
+            rollouts.baseline_rewards.append(baseline[0])
+            rollouts.baseline_lengths.append(baseline[1])
+            rollouts.baseline_truncated.append(baseline[2])
             rollouts.votes.append(verdict.details.get("vote"))
     return rollouts, timings
 

@@ -233,6 +233,7 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
     scores = distributed.gather_by_position(world, rollouts.positions, {
         "rewards": rollouts.rewards, "lengths": [sum(mask) for mask in rollouts.loss_masks],  # the model's tokens
         "truncated": rollouts.truncated, "correct": rollouts.correct, "baselines": rollouts.baseline_rewards,
+        "baseline_lengths": rollouts.baseline_lengths, "baseline_truncated": rollouts.baseline_truncated,
     })
     shaped, sample_mask = shape_rewards(
         torch.tensor(scores["rewards"]), torch.tensor(scores["lengths"], dtype=torch.float32), torch.tensor(scores["truncated"]),
@@ -243,7 +244,7 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
     if critic is not None:  # per-token advantages from the value model, below
         advantages = torch.zeros(len(shaped))
     else:
-        baseline = torch.tensor(scores["baselines"]) if needs_greedy_baseline(cfg) else None
+        baseline = shaped_baselines(scores, cfg) if needs_greedy_baseline(cfg) else None
         advantages = compute_advantages(shaped, rollouts.group_size, cfg.algorithm.estimator, baseline=baseline)
     batch = TrainBatch(
         prompt_ids=rollouts.prompt_ids, completion_ids=rollouts.completion_ids, advantages=advantages[mine],
@@ -264,6 +265,17 @@ def build_train_batch(rollouts: Rollouts, cfg: TrainConfig, policy, reference, p
     if critic is not None:
         metrics.update(critic.advantages(batch, shaped[mine]))
     return batch, metrics
+
+
+def shaped_baselines(scores: dict[str, list], cfg: TrainConfig) -> torch.Tensor:
+    """ReMax: each sample's greedy-baseline reward ``[N]`` shaped for length like the samples' own rewards, the
+    greedy sample a group of its own (a group-relative shaper such as Kimi's gives it 0), so that a penalty both
+    pay does not bias the advantage."""
+    rewards = torch.tensor(scores["baselines"], dtype=torch.float32)
+    shaped, _ = shape_rewards(rewards, torch.tensor(scores["baseline_lengths"], dtype=torch.float32),
+                              torch.tensor(scores["baseline_truncated"]), 1, max_len=cfg.rollout.max_new_tokens,
+                              **dataclasses.asdict(cfg.algorithm.length))
+    return shaped
 
 
 def build_optimizer(policy, cfg: TrainConfig):

@@ -18,7 +18,7 @@ from rlvr.rollout import get
 from rlvr.sampling import Prompt, Rewarder, Rollouts, group_signal, sample_round
 from rlvr.tracking import read_metrics
 from rlvr.train_config import TrainConfig
-from rlvr.trainer import train
+from rlvr.trainer import shaped_baselines, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import train_plugins  # noqa: E402
@@ -59,6 +59,17 @@ def test_the_greedy_sample_is_drawn_in_the_round_and_scored_by_the_same_verifier
     assert len(rollouts) == 6  # group_size samples per prompt: the greedy one is not among them
     expected = [float(len(group[0].text) % 2 == 0) for group in greedy]  # the even-length verifier, by hand
     assert rollouts.baseline_rewards == [reward for reward in expected for _ in range(2)]
+    assert rollouts.baseline_lengths == [len(group[0].token_ids) for group in greedy for _ in range(2)]
+    assert rollouts.baseline_truncated == [group[0].finish_reason == "length" for group in greedy for _ in range(2)]
+
+
+def test_the_baseline_is_shaped_for_length_like_the_samples():
+    cfg = config.load(TrainConfig, None, ["algorithm.estimator=remax", "rollout.max_new_tokens=12",
+                                          "algorithm.length.overlong_buffer=4", "algorithm.length.kimi_coef=0.5"])
+    scores = {"baselines": [1.0, 1.0, 0.0], "baseline_lengths": [11, 6, 12], "baseline_truncated": [False, False, True]}
+    # DAPO overlong penalty from 12 - 4 = 8 tokens: -(11 - 8) / 4 = -0.75, none at 6, -1 at 12; Kimi's is 0 for a
+    # group of one
+    assert torch.allclose(shaped_baselines(scores, cfg), torch.tensor([0.25, 1.0, -1.0]))
 
 
 @pytest.mark.slow
