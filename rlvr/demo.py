@@ -26,10 +26,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlvr.config import ConfigError, Registered, option, render
 from rlvr.train_config import ENGINES, TEMPLATES
+
+if TYPE_CHECKING:
+    from rlvr.tiny import TinyModelSpec
 
 
 @dataclass
@@ -290,16 +293,21 @@ def _problems(cfg: DemoConfig, split: str, count: int) -> list:
 def build_model(cfg: DemoConfig, model_dir: Path) -> None:
     """A tiny Qwen2 model with a tokenizer trained on the problems' own text (prompts and solutions)."""
     import tasks
-    from rlvr.tiny import TinyModelSpec, build_tiny_model
+    from rlvr.tiny import build_tiny_model
 
     corpus = [tasks.render_prompt(e, None, cfg.template) + " " + e.metadata["solution"]
               for e in _problems(cfg, "train", min(cfg.problems.sft_examples, 2000))]
-    spec = TinyModelSpec(
-        vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size, intermediate_size=cfg.model.intermediate_size,
-        num_layers=cfg.model.num_layers, num_heads=cfg.model.hidden_size // 32, num_kv_heads=cfg.model.hidden_size // 64,
-        seed=cfg.seed,
+    build_tiny_model(model_dir, tiny_model_spec(cfg.model, cfg.seed), corpus)
+
+
+def tiny_model_spec(model: ModelConfig, seed: int) -> TinyModelSpec:
+    """The tiny model of a demo's ``model`` section (heads of 32 dimensions, half as many KV heads)."""
+    from rlvr.tiny import TinyModelSpec
+
+    return TinyModelSpec(
+        vocab_size=model.vocab_size, hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
+        num_layers=model.num_layers, num_heads=model.hidden_size // 32, num_kv_heads=model.hidden_size // 64, seed=seed,
     )
-    build_tiny_model(model_dir, spec, corpus)
 
 
 def warm_start(cfg: DemoConfig, init_dir: Path, base_dir: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.config import option, render
-from rlvr.demo import fingerprint, run_stages
+from rlvr.demo import ModelConfig, fingerprint, run_stages, tiny_model_spec
 from rlvr.rollout.tools import TAGS
 from rlvr.train_config import ENGINES, ToolsConfig
 
@@ -40,14 +40,6 @@ class ToolProblemsConfig:
     options: dict[str, Any] = option({"steps": 1, "digits": 3, "ops": "*"}, "Difficulty knobs of the generator: one product of 3-digit numbers.")
     sft_examples: int = option(3000, "Generated problems with transcripts for the SFT warm-start.")
     eval_problems: int = option(100, "Held-out problems (the generator's test split) for each evaluation.")
-
-
-@dataclass
-class ToolModelConfig:
-    hidden_size: int = option(128, "Width of the tiny Qwen2 model.")
-    num_layers: int = option(4, "Transformer layers.")
-    intermediate_size: int = option(384, "MLP width.")
-    vocab_size: int = option(384, "Byte-level BPE vocabulary, trained on the transcripts' own text.")
 
 
 @dataclass
@@ -74,7 +66,7 @@ class ToolDemoConfig:
     out: str = option("runs/demo-tools", "Directory of everything the demo writes.")
     seed: int = option(0, "Seed of the model, the data and sampling.")
     problems: ToolProblemsConfig = option(ToolProblemsConfig(), "The generated problems.")
-    model: ToolModelConfig = option(ToolModelConfig(), "The tiny model built from scratch.")
+    model: ModelConfig = option(ModelConfig(), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
     sft: ToolSFTConfig = option(ToolSFTConfig(), "The supervised warm-start on tool and guess transcripts.")
     rl: ToolRLConfig = option(ToolRLConfig(), "The RL stage (GRPO with the python tool).")
     tools: ToolsConfig = option(ToolsConfig(name="python", max_tool_calls=2, max_observation_tokens=32, time_limit=5.0),
@@ -119,17 +111,12 @@ def transcript(example: Any, use_tool: bool, rng: random.Random) -> str:
 def build_model(cfg: ToolDemoConfig, model_dir: Path) -> None:
     """A tiny Qwen2 model with a tokenizer trained on the prompts and both kinds of transcript."""
     import tasks
-    from rlvr.tiny import TinyModelSpec, build_tiny_model
+    from rlvr.tiny import build_tiny_model
 
     rng = random.Random(cfg.seed)
     corpus = [tasks.render_prompt(e, None, TEMPLATE) + " " + transcript(e, index % 2 == 0, rng)
               for index, e in enumerate(_problems(cfg, "train", min(cfg.problems.sft_examples, 2000)))]
-    spec = TinyModelSpec(
-        vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size, intermediate_size=cfg.model.intermediate_size,
-        num_layers=cfg.model.num_layers, num_heads=cfg.model.hidden_size // 32, num_kv_heads=cfg.model.hidden_size // 64,
-        seed=cfg.seed,
-    )
-    build_tiny_model(model_dir, spec, corpus)
+    build_tiny_model(model_dir, tiny_model_spec(cfg.model, cfg.seed), corpus)
 
 
 def warm_start(cfg: ToolDemoConfig, init_dir: Path, base_dir: Path) -> None:
