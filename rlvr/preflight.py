@@ -49,7 +49,23 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"model.cpu_threads must be 0 (torch's default) or a positive thread count, got {cfg.model.cpu_threads}")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature must be > 0 for RL sampling, got {rollout.temperature}")
-    return problems + label_free_problems(cfg) + gae_problems(cfg) + policy_loss_problems(cfg)
+    return problems + label_free_problems(cfg) + gae_problems(cfg) + policy_loss_problems(cfg) + lora_problems(cfg)
+
+
+def lora_problems(cfg: TrainConfig) -> list[str]:
+    """A LoRA run (``model.lora.rank`` > 0) needs peft, and its sync mode an engine that serves it."""
+    if not cfg.model.lora.rank:
+        return []
+    from rlvr import lora
+
+    problems = []
+    if importlib.util.find_spec("peft") is None:
+        problems.append("model.lora needs peft: `pip install rlvr[lora]` (make setup installs it), or set model.lora.rank=0")
+    try:
+        lora.engine_options(cfg.model.lora, cfg.rollout.engine)
+    except ValueError as error:
+        problems.append(str(error))
+    return problems
 
 
 def group_free(estimator: str) -> bool:

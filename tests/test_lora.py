@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlvr import config, lora
+from rlvr import config, lora, preflight
 from rlvr.config import ConfigError
 from rlvr.policy import load_policy
 from rlvr.rollout import get
@@ -97,6 +97,9 @@ def test_options_are_checked_with_the_key_and_what_is_valid():
             config.load(TrainConfig, None, [override])
     with pytest.raises(ValueError, match="needs the vllm engine"):
         lora.engine_options(LoraConfig(rank=4, sync="adapter"), "hf")
+    with pytest.raises(ConfigError, match="model.lora.sync=adapter needs the vllm engine"):  # before any model loads
+        preflight.check(config.load(TrainConfig, None, ["model.lora.rank=4", "model.lora.sync=adapter",
+                                                        "rollout.engine=hf"]), environment=False)
     # vLLM sizes its LoRA slots by a rank from a fixed list: the smallest that holds the adapter
     assert lora.engine_options(LoraConfig(rank=4, sync="adapter"), "vllm")["max_lora_rank"] == 8
     assert lora.engine_options(LoraConfig(rank=4, sync="merge"), "vllm") == {}
