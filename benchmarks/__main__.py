@@ -19,6 +19,7 @@ BENCHMARKS = {
     "eval_scoring": "cost of scoring 500 problems x 16 samples (maj@k with verifier equivalence, bootstrap)",
     "tasks_load": "data set loading time",
     "ttrl_vote": "TTRL's label-free reward per prompt (64 votes, 32 trained) vs gold-answer verification",
+    "value_model": "seconds per training step with PPO's value model (gae) vs grpo, steps in turns",
     "tool_calls": "the python tool: interpreter start and one call, vs a one-shot bwrap run",
     "policy_losses": "forward + backward of each registered policy loss on [64, 2048] log-probs, as a ratio to ppo",
 }
