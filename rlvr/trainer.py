@@ -79,7 +79,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
         weights_from, max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
         dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         sleep_between_steps=cfg.rollout.sleep_between_steps,
-        batch_sequences=cfg.optim.prompts_per_step * cfg.rollout.group_size,
+        batch_sequences=cfg.optim.prompts_per_step * max(cfg.rollout.group_size, cfg.verifier.ttrl_votes),  # TTRL: all votes
         **{**lora.engine_options(cfg.model.lora, cfg.rollout.engine), **cfg.rollout.engine_options},
     )
     adapter_sync = lora.EngineSync(engine, cfg.model.lora) if adapter else None
@@ -320,5 +320,6 @@ def describe_plan(cfg: TrainConfig, num_prompts: int) -> str:
         "samples_per_step": samples, "optimizer_steps_per_step": cfg.optim.ppo_epochs * -(-samples // cfg.optim.mini_batch_size),
         "engine": cfg.rollout.engine, "estimator": cfg.algorithm.estimator,
         "policy_loss": cfg.algorithm.policy_loss, "loss_agg": loss_aggregation(cfg.algorithm),
+        "lora": dataclasses.asdict(cfg.model.lora) if cfg.model.lora.rank else None,
         "output_dir": cfg.checkpoint.output_dir,
     }, indent=2)
