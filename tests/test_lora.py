@@ -21,7 +21,7 @@ from rlvr.policy import load_policy
 from rlvr.rollout import get
 from rlvr.tracking import read_metrics
 from rlvr.train_config import LoraConfig, TrainConfig
-from rlvr.trainer import build_train_batch, train
+from rlvr.trainer import build_train_batch, describe_plan, train
 from rlvr.update import micro_batch_stats
 
 pytest.importorskip("peft", reason="peft is not installed (the `lora` extra)")
@@ -103,6 +103,9 @@ def test_options_are_checked_with_the_key_and_what_is_valid():
     # vLLM sizes its LoRA slots by a rank from a fixed list: the smallest that holds the adapter
     assert lora.engine_options(LoraConfig(rank=4, sync="adapter"), "vllm")["max_lora_rank"] == 8
     assert lora.engine_options(LoraConfig(rank=4, sync="merge"), "vllm") == {}
+    lora_plan = json.loads(describe_plan(config.load(TrainConfig, None, ["model.lora.rank=4"]), 16))["lora"]
+    assert lora_plan["rank"] == 4 and lora_plan["sync"] == "merge"  # --dry-run shows it
+    assert json.loads(describe_plan(TrainConfig(), 16))["lora"] is None
 
 
 def test_only_the_adapter_trains_on_every_linear_layer_but_the_head(tiny_model_dir):
