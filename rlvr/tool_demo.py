@@ -1,7 +1,7 @@
 """``rlvr demo --tools``: RL teaches a tiny model to call the Python tool where calling it pays, on the CPU.
 
 The problems multiply numbers too long for a tiny model to multiply in its head (the ``arithmetic``
-generator, one product of 3-digit numbers by default). The stages (the same markers and resumption as
+generator, one product of 2-digit numbers by default). The stages (the same markers and resumption as
 :mod:`rlvr.demo`):
 
 1. a tiny model and tokenizer built from scratch (``DIR/init``);
@@ -31,33 +31,33 @@ from rlvr.demo import ModelConfig, fingerprint, run_stages, tiny_model_spec
 from rlvr.rollout.tools import TAGS
 from rlvr.train_config import ENGINES, ToolsConfig
 
-TEMPLATE = "tool"
+TEMPLATE = "tool-short"
 
 
 @dataclass
 class ToolProblemsConfig:
     task: str = option("arithmetic", "Generator task of the training and held-out problems.")
-    options: dict[str, Any] = option({"steps": 1, "digits": 3, "ops": "*"}, "Difficulty knobs of the generator: one product of 3-digit numbers.")
+    options: dict[str, Any] = option({"steps": 1, "digits": 2, "ops": "*"}, "Difficulty knobs of the generator: one product of 2-digit numbers.")
     sft_examples: int = option(3000, "Generated problems with transcripts for the SFT warm-start.")
     eval_problems: int = option(100, "Held-out problems (the generator's test split) for each evaluation.")
 
 
 @dataclass
 class ToolSFTConfig:
-    steps: int = option(600, "SFT optimizer steps (copying numbers from the context sets in after about 300).")
-    batch_size: int = option(32, "Examples per SFT step.")
+    steps: int = option(400, "SFT optimizer steps.")
+    batch_size: int = option(16, "Examples per SFT step.")
     lr: float = option(3e-3, "Peak SFT learning rate.")
     tool_fraction: float = option(0.5, "Share of transcripts that call the tool; the others box a guess.")
 
 
 @dataclass
 class ToolRLConfig:
-    steps: int = option(40, "RL steps.")
+    steps: int = option(30, "RL steps.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Samples per prompt.")
     lr: float = option(3e-4, "RL learning rate.")
     micro_batch_size: int = option(64, "Samples per forward/backward in the RL update.")
-    max_new_tokens: int = option(64, "Longest response in tokens, model and tool output together.")
+    max_new_tokens: int = option(48, "Longest response in tokens, model and tool output together.")
     engine: str = option("hf", "Rollout engine: hf or vllm.", choices=ENGINES)
 
 
@@ -66,7 +66,7 @@ class ToolDemoConfig:
     out: str = option("runs/demo-tools", "Directory of everything the demo writes.")
     seed: int = option(0, "Seed of the model, the data and sampling.")
     problems: ToolProblemsConfig = option(ToolProblemsConfig(), "The generated problems.")
-    model: ModelConfig = option(ModelConfig(), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
+    model: ModelConfig = option(ModelConfig(num_layers=2), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
     sft: ToolSFTConfig = option(ToolSFTConfig(), "The supervised warm-start on tool and guess transcripts.")
     rl: ToolRLConfig = option(ToolRLConfig(), "The RL stage (GRPO with the python tool).")
     tools: ToolsConfig = option(ToolsConfig(name="python", max_tool_calls=2, max_observation_tokens=32, time_limit=5.0),

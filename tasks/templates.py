@@ -8,6 +8,7 @@
 - ``tool``: tells the model it may run Python between ``<code>`` and ``</code>`` and reads the output between
   ``<output>`` and ``</output>`` (multi-turn tool use, ``rollout.tools.name=python``, ``rlvr eval --tools
   python``); the answer in ``\\boxed{}``. Wrapped in the chat template when the tokenizer has one.
+- ``tool-short``: ``tool`` in one line, for tiny models trained from scratch (the tool demo).
 - ``auto``: ``code`` for code tasks, else ``chat`` when the tokenizer has a chat template, else ``base``.
 
 Add one with ``@tasks.register_template("name")`` on a function ``(example, tokenizer) -> str``.
@@ -122,6 +123,13 @@ def tool(example: Example, tokenizer: Any = None) -> str:
     if has_chat_template(tokenizer):
         return _chat(tokenizer, content)
     return f"User: {content}\nAssistant:"
+
+
+@register_template("tool-short")
+def tool_short(example: Example, tokenizer: Any = None) -> str:
+    """``tool`` without its paragraph, for tiny models trained from scratch, where a long instruction would be
+    most of every forward pass and means nothing to the model."""
+    return f"User: {example.problem.strip()} (Python: <code>, </code>)\nAssistant:"
 
 
 @register_template("auto")
