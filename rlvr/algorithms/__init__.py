@@ -46,6 +46,7 @@ from rlvr.algorithms.length import (
 from rlvr.algorithms.logprobs import entropy_from_logits, token_logprobs
 from rlvr.algorithms.policy_losses import (
     POLICY_LOSSES,
+    aggregates_with,
     check_policy_loss_options,
     cispo_loss,
     compute_policy_loss,
@@ -67,6 +68,7 @@ __all__ = [
     "POLICY_LOSSES",
     "LengthBatch",
     "aggregate_loss",
+    "aggregates_with",
     "check_policy_loss_options",
     "cispo_loss",
     "compute_advantages",
