@@ -53,6 +53,8 @@ libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
 SYS_CLONE = 56
 # The server's uid and gid: a child cloned into a new user namespace sees neither until it maps them.
 SERVER_UID, SERVER_GID = os.getuid(), os.getgid()
+# private_mount_plan(), made by main() before the first run.
+PRIVATE_MOUNTS = []
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     0x1, 0x2, 0x4, 0x8, 0x20, 0x1000, 0x4000, 0x40000)
@@ -309,16 +311,17 @@ def prepare_namespaces(request):
         mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
 
 
-def private_writable_mounts(size):
-    """Nothing writable may be shared with other runs: the run's /work and /tmp are tmpfs of its
-    own, so is every other writable file system of the outer sandbox (/dev/shm, a container's
-    /var/tmp, ...), /dev itself becomes read-only, and an unknown kind of writable mount is an error."""
+def private_mount_plan():
+    """The mounts that keep every writable file system of the outer sandbox private to a run (its
+    /work and /tmp are tmpfs of its own, so is every other writable file system: /dev/shm, a
+    container's /var/tmp, ...; /dev itself becomes read-only), as mount() arguments whose data
+    holds ``{size}``; an unknown kind of writable mount is an error. The server computes them once:
+    its mounts never change."""
     flag_of = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
     with open("/proc/self/mountinfo") as handle:
         lines = handle.read().splitlines()
     own = {"/work": "0755", "/tmp": "1777", **({"/dev/shm": "1777"} if os.path.isdir("/dev/shm") else {})}
-    for target, mode in own.items():
-        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
+    plan = [("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={{size}},mode={mode}") for target, mode in own.items()]
     for line in lines:
         fields, _, rest = line.partition(" - ")
         fields, rest = fields.split(), rest.split()
@@ -330,15 +333,21 @@ def private_writable_mounts(size):
         flags = MS_NOSUID | MS_NODEV
         if target == "/dev":
             kept = sum(flag for name, flag in flag_of.items() if name in options)
-            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+            plan.append((None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept, None))
         elif fstype == "tmpfs":
-            mount("tmpfs", target, "tmpfs", flags, f"size={size},mode=1777")
+            plan.append(("tmpfs", target, "tmpfs", flags, "size={size},mode=1777"))
         elif fstype == "mqueue":
-            mount("mqueue", target, "mqueue", flags | MS_NOEXEC)
+            plan.append(("mqueue", target, "mqueue", flags | MS_NOEXEC, None))
         elif fstype == "devpts":
-            mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+            plan.append(("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"))
         else:
             raise OSError(f"a writable {fstype} at {target} would be shared between runs")
+    return plan
+
+
+def private_writable_mounts(size):
+    for source, target, fstype, flags, data in PRIVATE_MOUNTS:
+        mount(source, target, fstype, flags, data and data.format(size=size))
 
 
 def write_files(files_fd):
@@ -427,6 +436,7 @@ def main():
     fresh_session_keyring()
     for name in PRELOADED:
         __import__(name)
+    PRIVATE_MOUNTS.extend(private_mount_plan())
     gc.freeze()
     where = sys.argv[1]
     if where.isdigit():
