@@ -8,7 +8,7 @@ generator, one product of 2-digit numbers by default). The stages (the same mark
 2. SFT on transcripts of two kinds (``DIR/base``): in ``sft.tool_fraction`` of them the model writes
    ``<code>print(a * b)</code>``, reads the output and boxes it; in the rest it boxes a guess with the
    right leading digits (a wrong answer, as mental arithmetic at this size gives). The warm-started model
-   knows the tool's format and calls it on some problems only;
+   knows the tool's format and calls it on some problems only (see :func:`sft_rows`);
 3. ``rlvr eval --tools python`` of the base model on held-out problems (``DIR/eval-base``);
 4. GRPO with the tool (``rollout.tools.name=python``): samples that call it get the reward, guesses do not
    (``DIR/rl``, final weights in ``DIR/final``);
@@ -97,15 +97,38 @@ def _problems(cfg: ToolDemoConfig, split: str, count: int) -> list:
     return tasks.load(cfg.problems.task, split=split, limit=count, seed=cfg.seed, **cfg.problems.options)
 
 
-def transcript(example: Any, use_tool: bool, rng: random.Random) -> str:
-    """The SFT target: a tool call, its output and the boxed answer; or a boxed guess that keeps the answer's
-    first two digits and draws the rest (wrong unless by chance)."""
+def call_text(example: Any) -> str:
+    return f"{TAGS.call_start}print({example.metadata['expression']}){TAGS.call_end}"
+
+
+def observation(example: Any) -> str:
+    return f"{TAGS.observation_start}{example.reference}{TAGS.observation_end}"
+
+
+def answer_text(answer: str) -> str:
+    return f"The answer is \\boxed{{{answer}}}."
+
+
+def guess(example: Any, rng: random.Random) -> str:
+    """A boxed guess that keeps the answer's first two digits and draws the rest (wrong unless by chance)."""
     answer = example.reference
-    if use_tool:
-        call = f"{TAGS.call_start}print({example.metadata['expression']}){TAGS.call_end}"
-        return f"{call}{TAGS.observation_start}{answer}{TAGS.observation_end}The answer is \\boxed{{{answer}}}."
-    guess = answer[:2] + "".join(rng.choice("0123456789") for _ in answer[2:])
-    return f"The answer is \\boxed{{{guess}}}."
+    return answer_text(answer[:2] + "".join(rng.choice("0123456789") for _ in answer[2:]))
+
+
+def sft_rows(examples: list, tool_fraction: float, rng: random.Random) -> list[dict[str, str]]:
+    """SFT rows: for a tool transcript two, the call (prompt -> ``<code>print(a * b)</code>``) and the answer
+    (prompt, call and output -> ``\\boxed{output}``), so the output is context, never a target (SFT has no
+    per-token mask; predicting the output would be mental arithmetic); for the others one boxed guess."""
+    rows = []
+    for example in examples:
+        base = {"problem": example.problem, "answer": example.reference}
+        if rng.random() < tool_fraction:
+            rows.append({**base, "solution": call_text(example)})
+            rows.append({**base, "solution": answer_text(example.reference),
+                         "transcript": call_text(example) + observation(example)})
+        else:
+            rows.append({**base, "solution": guess(example, rng)})
+    return rows
 
 
 def build_model(cfg: ToolDemoConfig, model_dir: Path) -> None:
@@ -114,19 +137,16 @@ def build_model(cfg: ToolDemoConfig, model_dir: Path) -> None:
     from rlvr.tiny import build_tiny_model
 
     rng = random.Random(cfg.seed)
-    corpus = [tasks.render_prompt(e, None, TEMPLATE) + " " + transcript(e, index % 2 == 0, rng)
-              for index, e in enumerate(_problems(cfg, "train", min(cfg.problems.sft_examples, 2000)))]
+    corpus = [tasks.render_prompt(e, None, TEMPLATE) + call_text(e) + observation(e) + answer_text(e.reference) + " " + guess(e, rng)
+              for e in _problems(cfg, "train", min(cfg.problems.sft_examples, 2000))]
     build_tiny_model(model_dir, tiny_model_spec(cfg.model, cfg.seed), corpus)
 
 
 def warm_start(cfg: ToolDemoConfig, init_dir: Path, base_dir: Path) -> None:
-    """SFT on the two kinds of transcript (the tool's output is part of the target here: SFT has no
-    per-token mask; RL's loss leaves it out)."""
+    """SFT on :func:`sft_rows`."""
     from rlvr import config, sft
 
-    rng = random.Random(cfg.seed)
-    rows = [{"problem": e.problem, "answer": e.reference, "solution": transcript(e, rng.random() < cfg.sft.tool_fraction, rng)}
-            for e in _problems(cfg, "train", cfg.problems.sft_examples)]
+    rows = sft_rows(_problems(cfg, "train", cfg.problems.sft_examples), cfg.sft.tool_fraction, random.Random(cfg.seed))
     data_file = base_dir.parent / "sft_data.jsonl"
     data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     sft_cfg = config.load(sft.SFTConfig, None, [

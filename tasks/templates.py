@@ -121,15 +121,21 @@ def code(example: Example, tokenizer: Any = None) -> str:
 def tool(example: Example, tokenizer: Any = None) -> str:
     content = f"{example.problem.strip()}\n\n{TOOL_INSTRUCTION}"
     if has_chat_template(tokenizer):
-        return _chat(tokenizer, content)
-    return f"User: {content}\nAssistant:"
+        return _chat(tokenizer, content) + _transcript(example)
+    return f"User: {content}\nAssistant:{_transcript(example)}"
+
+
+def _transcript(example: Example) -> str:
+    """What the assistant's turn already holds: ``metadata["transcript"]``, for SFT examples that continue a
+    tool-use transcript (a call and its output in the prompt, the answer as the target). Empty otherwise."""
+    return str(example.metadata.get("transcript") or "")
 
 
 @register_template("tool-short")
 def tool_short(example: Example, tokenizer: Any = None) -> str:
     """``tool`` without its paragraph, for tiny models trained from scratch, where a long instruction would be
     most of every forward pass and means nothing to the model."""
-    return f"User: {example.problem.strip()} (Python: <code>, </code>)\nAssistant:"
+    return f"User: {example.problem.strip()} (Python: <code>, </code>)\nAssistant:{_transcript(example)}"
 
 
 @register_template("auto")

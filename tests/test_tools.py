@@ -422,7 +422,7 @@ def test_training_steps_with_the_tool(tool_model_dir, tmp_path, engine_name):
     from rlvr.trainer import train
 
     cfg = config.load(TrainConfig, None, [
-        f"model.path={tool_model_dir}", "data.task=arithmetic", "data.template=tool", f"rollout.engine={engine_name}",
+        f"model.path={tool_model_dir}", "data.task=arithmetic", "data.template=tool-short", f"rollout.engine={engine_name}",
         "rollout.group_size=4", "rollout.max_new_tokens=48", "rollout.tools.name=python", "rollout.tools.max_tool_calls=2",
         "rollout.gpu_memory_utilization=0.05", "optim.steps=2", "optim.prompts_per_step=4", "optim.mini_batch_size=16",
         "optim.micro_batch_size=16", "optim.lr=1e-4", "algorithm.dynamic_sampling=false", f"checkpoint.output_dir={tmp_path}",
@@ -444,7 +444,7 @@ def test_rlvr_eval_with_tools(tool_model_dir, tmp_path):
 
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(tool_model_dir), "--tasks", "arithmetic", "--limit", "8", "--n", "2",
-                 "--temperature", "1.0", "--max-tokens", "48", "--template", "tool", "--engine", "hf", "--tools", "python",
+                 "--temperature", "1.0", "--max-tokens", "48", "--template", "tool-short", "--engine", "hf", "--tools", "python",
                  "--option", "steps=1", "--option", "digits=2", "--option", "ops='*'", "--output", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["tools"]["name"] == "python"
@@ -455,3 +455,23 @@ def test_rlvr_eval_with_tools(tool_model_dir, tmp_path):
     assert called and all(row["tool_use"]["observations"] for row in called)
     # a call's output is what Python prints for the model's own code, e.g. the product it asked for
     assert any(obs.strip().isdigit() for row in called for obs in row["tool_use"]["observations"])
+
+
+def test_the_tool_demo_never_trains_on_a_tool_output():
+    import random
+
+    import tasks
+    from rlvr.rollout.tools import TAGS
+    from rlvr.tool_demo import sft_rows
+
+    examples = tasks.load("arithmetic", limit=40, digits=2, steps=1, ops="*")
+    rows = sft_rows(examples, 0.5, random.Random(0))
+    answers = [row for row in rows if "transcript" in row]
+    assert answers and len(rows) > len(examples)
+    for row in rows:
+        assert TAGS.observation_start not in row["solution"]  # the output is never a target
+    for row in answers:  # the output is context, and the target boxes it
+        assert f"{TAGS.observation_start}{row['answer']}{TAGS.observation_end}" in row["transcript"]
+        assert row["solution"] == f"The answer is \\boxed{{{row['answer']}}}."
+        assert tasks.render_prompt(tasks.Example("x", row["problem"], row["answer"], "math", {"transcript": row["transcript"]}),
+                                   None, "tool-short").endswith(row["transcript"])
