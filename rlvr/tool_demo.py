@@ -44,10 +44,10 @@ class ToolProblemsConfig:
 
 @dataclass
 class ToolSFTConfig:
-    steps: int = option(400, "SFT optimizer steps.")
+    steps: int = option(700, "SFT optimizer steps (copying numbers from the context needs ~10k examples).")
     batch_size: int = option(16, "Examples per SFT step.")
     lr: float = option(3e-3, "Peak SFT learning rate.")
-    tool_fraction: float = option(0.5, "Share of transcripts that call the tool; the others box a guess.")
+    tool_fraction: float = option(0.7, "Share of transcripts that call the tool; the others box a guess.")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ToolDemoConfig:
     out: str = option("runs/demo-tools", "Directory of everything the demo writes.")
     seed: int = option(0, "Seed of the model, the data and sampling.")
     problems: ToolProblemsConfig = option(ToolProblemsConfig(), "The generated problems.")
-    model: ModelConfig = option(ModelConfig(num_layers=2), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
+    model: ModelConfig = option(ModelConfig(), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
     sft: ToolSFTConfig = option(ToolSFTConfig(), "The supervised warm-start on tool and guess transcripts.")
     rl: ToolRLConfig = option(ToolRLConfig(), "The RL stage (GRPO with the python tool).")
     tools: ToolsConfig = option(ToolsConfig(name="python", max_tool_calls=2, max_observation_tokens=32, time_limit=5.0),
