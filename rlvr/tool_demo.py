@@ -1,4 +1,7 @@
-"""``rlvr demo --tools``: RL teaches a tiny model to call the Python tool where calling it pays, on the CPU.
+"""``rlvr demo --tools``: GRPO with the Python tool on a tiny model warm-started to call it, on the CPU.
+
+Meant to show RL raising the rate of correct answers reached through tool calls; as measured so far (README,
+"The tool-use demo") the warm-started model calls the tool but does not yet copy numbers, so RL gets no signal.
 
 The problems multiply numbers too long for a tiny model to multiply in its head (the ``arithmetic``
 generator, one product of 2-digit numbers by default). The stages (the same markers and resumption as

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="Directory of everything the demo writes (default: runs/demo).")
     parser.add_argument("--model", help="Named model or model directory: run the real-model demo with its control.")
     parser.add_argument("--tools", action="store_true",
-                        help="The tool-use demo: RL teaches a tiny model to call the sandboxed Python tool (rlvr.tool_demo).")
+                        help="The tool-use demo: GRPO with the sandboxed Python tool on a tiny model warm-started to call it (rlvr.tool_demo).")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Demo options, e.g. rl.steps=20.")
     parser.add_argument("--print-config", action="store_true", help="Print every demo option with its doc and exit.")
     parser.set_defaults(run=run)
