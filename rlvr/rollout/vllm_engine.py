@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
+from rlvr.distributed import launched_by_torchrun
 from rlvr.rollout import register
 from rlvr.rollout.base import Completion, GroupCallback, RolloutEngine, resolve_dtype
 
@@ -225,9 +226,11 @@ class VLLMEngine(RolloutEngine):
 
 
 def _in_process_group() -> bool:
+    """Whether this process is a rank of a torchrun job. An initialised process group alone does not say so:
+    an in-process vLLM engine of a single process initialises one of its own."""
     import torch.distributed
 
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return launched_by_torchrun() and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int, sequences: int) -> int:
