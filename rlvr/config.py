@@ -134,8 +134,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
-    """Build dataclass ``cls`` from a (nested) mapping, checking every key and value."""
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "", defaults: C | None = None) -> C:
+    """Build dataclass ``cls`` from a (nested) mapping, checking every key and value. Keys the mapping leaves
+    out keep the values of ``defaults`` (the section's own default, e.g. ``option(ToolsConfig(name="python"),
+    ...)``, whose other keys an override of one key must not reset to the class's defaults)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -144,9 +146,13 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        if dataclasses.is_dataclass(hints[key]):
+            section_default = getattr(defaults, key) if defaults is not None else _field_default(fields[key])
+            kwargs[key] = from_dict(hints[key], value if value is not None else {}, f"{prefix}{key}.", section_default)
+        else:
+            kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
-        built = cls(**kwargs)
+        built = dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
@@ -154,6 +160,12 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     if not prefix:  # the sections were built by the recursion: check the whole config once, at the top
         validate(built)
     return built
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def _unknown_key_message(dotted: str, valid: list[str], prefix: str) -> str:

@@ -30,19 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.config import option, render
-from rlvr.demo import ModelConfig, fingerprint, run_stages, tiny_model_spec
+from rlvr.demo import ModelConfig, ProblemsConfig, fingerprint, run_stages, tiny_model_spec
 from rlvr.rollout.tools import TAGS
 from rlvr.train_config import ENGINES, ToolsConfig
 
 TEMPLATE = "tool-short"
-
-
-@dataclass
-class ToolProblemsConfig:
-    task: str = option("arithmetic", "Generator task of the training and held-out problems.")
-    options: dict[str, Any] = option({"steps": 1, "digits": 2, "ops": "*"}, "Difficulty knobs of the generator: one product of 2-digit numbers.")
-    sft_examples: int = option(3000, "Generated problems with transcripts for the SFT warm-start.")
-    eval_problems: int = option(100, "Held-out problems (the generator's test split) for each evaluation.")
 
 
 @dataclass
@@ -68,7 +60,8 @@ class ToolRLConfig:
 class ToolDemoConfig:
     out: str = option("runs/demo-tools", "Directory of everything the demo writes.")
     seed: int = option(0, "Seed of the model, the data and sampling.")
-    problems: ToolProblemsConfig = option(ToolProblemsConfig(), "The generated problems.")
+    problems: ProblemsConfig = option(ProblemsConfig(options={"steps": 1, "digits": 2, "ops": "*"}, sft_examples=3000, eval_problems=100),
+                                      "The generated problems: one product of 2-digit numbers; sft_examples count tool transcripts.")
     model: ModelConfig = option(ModelConfig(), "The tiny model built from scratch (its tokenizer trained on the transcripts).")
     sft: ToolSFTConfig = option(ToolSFTConfig(), "The supervised warm-start on tool and guess transcripts.")
     rl: ToolRLConfig = option(ToolRLConfig(), "The RL stage (GRPO with the python tool).")

@@ -25,6 +25,20 @@ class Outer:
     flag: bool = option(False, "A flag.")
 
 
+@dataclass
+class WithOwnDefaults:
+    inner: Inner = option(Inner(steps=99, mode="slow"), "A section whose default differs from its class's.")
+
+
+def test_a_section_keeps_its_own_defaults_where_an_override_sets_another_key():
+    assert config.load(WithOwnDefaults, None, []).inner == Inner(steps=99, mode="slow")
+    changed = config.load(WithOwnDefaults, None, ["inner.lr=0.5"])
+    assert (changed.inner.lr, changed.inner.steps, changed.inner.mode) == (0.5, 99, "slow")
+    assert config.load(WithOwnDefaults, None, ["inner=null"]).inner == Inner(steps=99, mode="slow")
+    with pytest.raises(ConfigError, match="inner.mode"):
+        config.load(WithOwnDefaults, None, ["inner.mode=medium"])
+
+
 def test_defaults_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  lr: 1e-5\n  steps: 3\nname: first\n")
