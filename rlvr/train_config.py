@@ -65,6 +65,8 @@ class DataConfig:
 class ToolsConfig:
     name: str = option("none", "Tool the model may call while it answers: none, or python (a persistent sandboxed interpreter per sample; see rlvr.rollout.tools).",
                        choices=Registered("rlvr.rollout.tools:available_tools", extra=("none",)))
+    format: str = option("tags", "How the model writes a call and reads its output: tags (<code>...</code>, <output>...</output>) or fence (a ```python block, an ```output block, as chat models write code); see rlvr.rollout.tools.",
+                         choices=Registered("rlvr.rollout.tools:available_tool_formats"))
     max_tool_calls: int = option(4, "Most tool calls per sample; a call past it ends the sample.")
     max_observation_tokens: int = option(128, "Tokens of one tool output kept in the sample (cut with a note past that).")
     time_limit: float = option(5.0, "Seconds one tool call may run (then: a timeout, told to the model).")
@@ -83,7 +85,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory for weights and KV cache; on the CPU, of free host RAM for the KV cache.")
     sleep_between_steps: bool = option(False, "vLLM on GPU: free the KV cache while training and wake it for sampling.")
     engine_options: dict[str, Any] = option({}, "Engine-specific options: vLLM LLM arguments (max_num_seqs: 128), hf batch_size.")
-    tools: ToolsConfig = option(ToolsConfig(), "Multi-turn tool use: the model writes <code>...</code>, the sandbox's output is appended and sampling goes on (max_new_tokens counts both).")
+    tools: ToolsConfig = option(ToolsConfig(), "Multi-turn tool use: the model writes a call (tools.format), the sandbox's output is appended and sampling goes on (max_new_tokens counts both).")
 
 
 @dataclass

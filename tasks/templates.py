@@ -8,6 +8,8 @@
 - ``tool``: tells the model it may run Python between ``<code>`` and ``</code>`` and reads the output between
   ``<output>`` and ``</output>`` (multi-turn tool use, ``rollout.tools.name=python``, ``rlvr eval --tools
   python``); the answer in ``\\boxed{}``. Wrapped in the chat template when the tokenizer has one.
+- ``tool-fence``: ``tool`` with the call in a fenced ```python block and the output in a fenced ```output block,
+  as chat models write code (pair it with ``rollout.tools.format=fence``, ``rlvr eval --tool-format fence``).
 - ``tool-short``: ``tool`` in one line, for tiny models trained from scratch (the tool demo).
 - ``auto``: ``code`` for code tasks, else ``chat`` when the tokenizer has a chat template, else ``base``.
 
@@ -38,6 +40,10 @@ BASE_PREAMBLE = (
 TOOL_INSTRUCTION = (
     "You may run Python: write code between <code> and </code> and its output comes back between <output> and "
     "</output>; variables persist from one call to the next. Put your final answer within \\boxed{}."
+)
+FENCE_TOOL_INSTRUCTION = (
+    "You may run Python: write code in a ```python block and its output comes back in a ```output block; "
+    "variables persist from one call to the next. Put your final answer within \\boxed{}."
 )
 CODE_INSTRUCTION = "Write your solution as one fenced Python code block (```python ... ```) and nothing else after it."
 
@@ -119,7 +125,16 @@ def code(example: Example, tokenizer: Any = None) -> str:
 
 @register_template("tool")
 def tool(example: Example, tokenizer: Any = None) -> str:
-    content = f"{example.problem.strip()}\n\n{TOOL_INSTRUCTION}"
+    return _tool_prompt(example, tokenizer, TOOL_INSTRUCTION)
+
+
+@register_template("tool-fence")
+def tool_fence(example: Example, tokenizer: Any = None) -> str:
+    return _tool_prompt(example, tokenizer, FENCE_TOOL_INSTRUCTION)
+
+
+def _tool_prompt(example: Example, tokenizer: Any, instruction: str) -> str:
+    content = f"{example.problem.strip()}\n\n{instruction}"
     if has_chat_template(tokenizer):
         return _chat(tokenizer, content) + _transcript(example)
     return f"User: {content}\nAssistant:{_transcript(example)}"

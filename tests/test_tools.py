@@ -267,7 +267,7 @@ def tool_rollout(engine, tokenizer, **settings):
     from rlvr.rollout.tools import ToolFormat, ToolRollout
 
     config = ToolsConfig(name="python", **{"max_tool_calls": 3, "max_observation_tokens": 12, "time_limit": 2.0, **settings})
-    return ToolRollout(engine, tokenizer, config, tags=ToolFormat(**FREQUENT))
+    return ToolRollout(engine, tokenizer, config, tool_format=ToolFormat(**FREQUENT))
 
 
 @needs_repl

@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tools", default="none", help="Tool the model may call while it answers: none or python "
                         "(a persistent sandboxed interpreter per sample; pair it with a template that tells the model, e.g. --template tool).")
+    parser.add_argument("--tool-format", default="tags", help="With --tools: how a call is written, tags (<code>...</code>, "
+                        "template tool) or fence (a ```python block, template tool-fence) (default: tags).")
     parser.add_argument("--max-tool-calls", type=int, default=4, help="With --tools: most calls per sample (default: 4).")
     parser.add_argument("--tool-time-limit", type=float, default=5.0, help="With --tools: seconds per call (default: 5).")
     parser.add_argument("--max-observation-tokens", type=int, default=128,
@@ -122,8 +124,8 @@ def _tools_config(args: argparse.Namespace):
     from rlvr.config import ConfigError, validate
     from rlvr.train_config import ToolsConfig
 
-    tools = ToolsConfig(name=args.tools, max_tool_calls=args.max_tool_calls, time_limit=args.tool_time_limit,
-                        max_observation_tokens=args.max_observation_tokens)
+    tools = ToolsConfig(name=args.tools, format=args.tool_format, max_tool_calls=args.max_tool_calls,
+                        time_limit=args.tool_time_limit, max_observation_tokens=args.max_observation_tokens)
     try:
         validate(tools, "--tools ")
     except ConfigError as error:

@@ -1,11 +1,13 @@
 """Multi-turn, tool-integrated rollouts: the model runs Python in a sandbox while it answers.
 
 :class:`ToolRollout` wraps any rollout engine and has the same ``generate``: every sample is advanced turn by
-turn. A turn samples until the model closes a code block (``<code> ... </code>``, the stop string), the code
+turn. A turn samples until the model closes a code block (the stop string: ``</code>`` of ``<code> ... </code>``,
+or the closing fence of a ```python block, by the :class:`ToolFormat` of ``ToolsConfig.format``), the code
 runs in the sample's own persistent interpreter (one per sample, in the sandbox, closed when the sample
-ends), and its output is appended as an observation ``<output> ... </output>``; then the next turn samples
-on, all unfinished samples of the batch together, until the model ends (EOS), ``max_tool_calls`` is spent or
-the token budget (``max_new_tokens``, model and observation tokens together) runs out.
+ends), and its output is appended as an observation (``<output> ... </output>``, an ```output block); then the
+next turn samples on, all unfinished samples of the batch together, until the model ends (EOS),
+``max_tool_calls`` is spent or the token budget (``max_new_tokens``, model and observation tokens together)
+runs out.
 
 Token in, token out: a response is a list of ids, exactly the ids the engine sampled, turn after turn, with
 the observation ids between them. Model tokens are never decoded and re-encoded (decoded text is only read,
@@ -15,7 +17,7 @@ verifier reads the model's text only (``Completion.text``), so an answer printed
 once the model writes it. Security: the host only slices the decoded text; the code runs in
 :class:`sandboxes.repl.PythonRepl`, and whatever it does there is one more tool error in the observation.
 
-Tools are plug-ins: a class registered with ``@register_tool("name")`` taking a
+Call formats are plug-ins too (``register_tool_format``). Tools are plug-ins: a class registered with ``@register_tool("name")`` taking a
 :class:`~rlvr.train_config.ToolsConfig`, whose ``open()`` returns a session with ``run(code)`` (returning
 a :class:`~sandboxes.repl.ReplResult`) and ``close()``.
 """
@@ -38,7 +40,9 @@ TURN_SEED_STRIDE = 1_000_003  # turn k of a call seeds its requests from seed + 
 
 @dataclass(frozen=True)
 class ToolFormat:
-    """The markers of a call and of its observation (the prompt templates name the same ones)."""
+    """The markers of a call and of its observation (the prompt templates name the same ones): ``tags``, the
+    code between ``<code>`` and ``</code>``. Sampling stops at ``call_end``; :meth:`call_at_stop` then reads
+    the call. Formats are plug-ins: an instance registered with ``register_tool_format("name")(...)``."""
 
     call_start: str = "<code>"
     call_end: str = "</code>"
@@ -57,8 +61,61 @@ class ToolFormat:
             return None
         return text[start + len(self.call_start) : end].strip("\n")
 
+    def call_at_stop(self, text: str) -> str | None:
+        """What to run when sampling stopped at ``call_end`` after ``text`` (the model's text since the last
+        observation): the code, "" for a ``call_end`` without a call (told to the model as an error), or None
+        when it is no call and sampling goes on."""
+        code = self.find_call(text)
+        return "" if code is None else code
 
-TAGS = ToolFormat()
+
+@dataclass(frozen=True)
+class FenceFormat(ToolFormat):
+    """``fence``: the code in a Markdown block opened by a fence with a Python info string (```python, ```py),
+    as chat models write code; the output in an ```output block. The closing fence is also the start of every
+    other fence, so sampling stops at each: a stop that opens a block, or closes a block in another language,
+    is no call, and sampling goes on (one more engine round, the ids appended as sampled)."""
+
+    call_start: str = "```python\n"
+    call_end: str = "```"
+    observation_start: str = "\n```output\n"
+    observation_end: str = "\n```\n"
+    languages: tuple[str, ...] = ("python", "py", "python3")
+
+    def find_call(self, text: str) -> str | None:
+        """The code of the block ``text`` ends with, if it is a Python block: fences pair up in order (an odd
+        count: the last one opens a block, no call yet); the one before the last opens the block, its info
+        string (up to the line's end) names the language. Plain slicing, as in ``tags``."""
+        fence = self.call_end
+        fences, index = [], text.find(fence)
+        while index >= 0:
+            fences.append(index)
+            index = text.find(fence, index + len(fence))
+        if not fences or len(fences) % 2:
+            return None
+        opener, closer = fences[-2] + len(fence), fences[-1]
+        line_end = text.find("\n", opener, closer)
+        if line_end < 0 or text[opener:line_end].strip().lower() not in self.languages:
+            return None
+        return text[line_end + 1 : closer].strip("\n")
+
+    def call_at_stop(self, text: str) -> str | None:
+        return self.find_call(text)
+
+
+_tool_formats: Registry[ToolFormat] = Registry("tool call format", entry_point_group="rlvr.tool_formats")
+register_tool_format = _tool_formats.register
+TAGS = register_tool_format("tags")(ToolFormat())
+FENCE = register_tool_format("fence")(FenceFormat())
+
+
+def available_tool_formats() -> list[str]:
+    """Names of every registered tool call format."""
+    return _tool_formats.available()
+
+
+def get_tool_format(name: str) -> ToolFormat:
+    return _tool_formats.get(name)
 
 
 class ToolSession(Protocol):
@@ -105,7 +162,7 @@ def observation_text(status: str, output: str) -> str:
     """What the model is shown of a call: its output, and what went wrong if something did."""
     notes = {"timeout": "[the call timed out]", "memory": "[the call ran out of memory]",
              "output_limit": "[the output was too long and was cut]", "sandbox_error": "[the tool failed]",
-             "no_code": "[no <code> block to run]"}
+             "no_code": "[no code to run]"}
     body = output.rstrip("\n")
     note = notes.get(status)
     return f"{body}\n{note}" if note and body else (note or body)
@@ -124,6 +181,7 @@ class _Sample:
     use: ToolUse = field(default_factory=ToolUse)
     finish_reason: str = "stop"
     pending_call: str | None = None  # the code of the call the last turn ended on
+    call_text: str = ""  # the model's text since the last observation, where a call is looked for
     done: bool = False
     session: Any = None
 
@@ -145,10 +203,10 @@ class ToolRollout(RolloutEngine):
     name = "tools"
 
     def __init__(self, engine: RolloutEngine, tokenizer: Any, config: ToolsConfig, workers: int = 8,
-                 tags: ToolFormat = TAGS):
+                 tool_format: ToolFormat | None = None):
         # not RolloutEngine.__init__: this wraps a loaded engine
         self.engine = engine
-        self.tags = tags
+        self.tool_format = tool_format or get_tool_format(config.format)
         self.tokenizer = tokenizer
         self.config = config
         self.tool = get_tool(config.name)(config)
@@ -169,7 +227,7 @@ class ToolRollout(RolloutEngine):
     ) -> list[list[Completion]]:
         """See :meth:`RolloutEngine.generate`; ``max_new_tokens`` bounds each whole multi-turn response."""
         limits = per_prompt_limits(max_new_tokens, len(prompt_token_ids))
-        stops = [self.tags.call_end, *stop]
+        stops = [self.tool_format.call_end, *stop]
         sampling = {"temperature": temperature, "top_p": top_p}
         groups = self.engine.generate(prompt_token_ids, n=n, max_new_tokens=limits, seed=seed, stop=stops, **sampling)
         samples = [[_Sample(prompt, limit) for _ in group] for prompt, limit, group in zip(prompt_token_ids, limits, groups, strict=True)]
@@ -205,17 +263,19 @@ class ToolRollout(RolloutEngine):
         sample.mask += [1] * len(completion.token_ids)
         text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
         sample.texts.append(text)
+        sample.call_text += text
         sample.use.turns += 1
         sample.finish_reason = completion.finish_reason
-        if completion.stop_reason != self.tags.call_end:
+        if completion.stop_reason != self.tool_format.call_end:
             sample.done = True  # EOS, the caller's own stop string, or out of tokens (maybe inside a code block)
-        elif sample.use.calls >= self.config.max_tool_calls:
+            return
+        code = self.tool_format.call_at_stop(sample.call_text)  # None: no call (e.g. a fence that opens a block)
+        if code is not None and sample.use.calls >= self.config.max_tool_calls:
             sample.done = True  # one call too many: the sample ends on it, unanswered
         elif sample.remaining <= 0:
             sample.done, sample.finish_reason = True, "length"
-        else:
-            code = self.tags.find_call(text)
-            sample.pending_call = "" if code is None else code
+        elif code is not None:
+            sample.pending_call = code  # else the next round samples on from here
 
     def _answer_calls(self, callers: list[_Sample], pool: ThreadPoolExecutor) -> None:
         """Run every pending call (in parallel, each in its sample's interpreter) and append the observations."""
@@ -233,6 +293,7 @@ class ToolRollout(RolloutEngine):
             sample.logprobs += [0.0] * len(ids)
             sample.mask += [0] * len(ids)
             sample.pending_call = None
+            sample.call_text = ""
             if sample.remaining <= 0:
                 sample.done, sample.finish_reason = True, "length"
 
@@ -248,11 +309,11 @@ class ToolRollout(RolloutEngine):
     def observation_ids(self, body: str, room: int) -> list[int]:
         """``<output> body </output>`` as ids: the pieces encoded on their own, the body cut to
         ``max_observation_tokens`` (with a note), the whole cut to ``room`` tokens."""
-        encode, tags = self._encode, self.tags
-        head, tail = encode(tags.observation_start), encode(tags.observation_end)
+        encode, markers = self._encode, self.tool_format
+        head, tail = encode(markers.observation_start), encode(markers.observation_end)
         body_ids = encode(body)
         if len(body_ids) > self.config.max_observation_tokens:
-            body_ids = body_ids[: self.config.max_observation_tokens] + encode(tags.truncation_note)
+            body_ids = body_ids[: self.config.max_observation_tokens] + encode(markers.truncation_note)
         return (head + body_ids + tail)[: max(room, 0)]
 
     def _encode(self, text: str) -> list[int]:
