@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         distributed.shutdown(world)
 
 
+@dataclasses.dataclass
+class Learner:
+    """What the updates change and a checkpoint keeps: the policy with its optimizer and schedule, PPO's value
+    model (``gae``), the frozen reference of the KL term, and the update's random generator."""
+    policy: torch.nn.Module
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    reference: torch.nn.Module | None = None
+    critic: Critic | None = None
+
+
 def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     check_world(cfg, world)
     run_dir = Path(cfg.checkpoint.output_dir)
@@ -46,46 +60,13 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     if world.is_main:
         (run_dir / "config.yaml").write_text(config.render(cfg) + "\n")
     torch.manual_seed(cfg.optim.seed)
-
     resume_from = checkpoint.latest(run_dir) if resume else None
-    adapter = cfg.model.lora.rank > 0  # LoRA: checkpoints hold the adapter, the base always loads from model.path
-    weights_from = cfg.model.path if adapter else str(resume_from or cfg.model.path)
-    policy, tokenizer = load_policy(weights_from, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
-    if adapter:
-        lora.attach(policy, cfg.model.lora, resume_from)
-    # with LoRA the reference is the policy with its adapter off (build_train_batch): no second model
-    reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef and not adapter else None
-    compute_dtype = getattr(torch, resolve_dtype(cfg.model.dtype, torch.cuda.is_available()))
-    policy = distributed.shard_policy(policy, world, compute_dtype)
-    reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
-    stream = PromptStream(build_prompts(cfg, tokenizer), cfg.data.seed)
-    optimizer, scheduler = build_optimizer(policy, cfg)
-    critic = build_critic(cfg, tokenizer.pad_token_id, build_optimizer, resume_from, world)  # PPO's value model (gae), else None
-    generator = torch.Generator().manual_seed(cfg.optim.seed)
-    start_step = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        checkpoint.load_optimizer(resume_from, policy, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["data"])
-        generator.set_state(state["update_rng"])
-        start_step = state["step"]
-        if world.is_main:
-            print(f"resuming from {resume_from} (step {start_step})", flush=True)
-    elif resume and world.is_main:
-        print(f"no checkpoint in {run_dir}: starting from step 0", flush=True)
-
-    engine = rlvr.rollout.get(cfg.rollout.engine)(
-        weights_from, max_model_len=max_model_len(cfg), seed=cfg.optim.seed,
-        dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        sleep_between_steps=cfg.rollout.sleep_between_steps,
-        batch_sequences=cfg.optim.prompts_per_step * max(cfg.rollout.group_size, cfg.verifier.ttrl_votes),  # TTRL: all votes
-        **{**lora.engine_options(cfg.model.lora, cfg.rollout.engine), **cfg.rollout.engine_options},
-    )
-    adapter_sync = lora.EngineSync(engine, cfg.model.lora) if adapter else None
-    if adapter_sync is not None and resume_from is not None:  # the engine started from the base model
-        adapter_sync(policy, start_step)
-    engine = with_tools(engine, tokenizer, cfg.rollout.tools)  # the engine itself unless rollout.tools.name is set
+    learner = build_learner(cfg, world, resume_from)
+    stream = PromptStream(build_prompts(cfg, learner.tokenizer), cfg.data.seed)
+    start_step = restore(resume_from, learner, stream) if resume_from is not None else 0
+    if world.is_main and resume:
+        print(f"resuming from {resume_from} (step {start_step})" if resume_from else f"no checkpoint in {run_dir}: starting from step 0", flush=True)
+    engine, adapter_sync = start_engine(cfg, learner, resume_from, start_step)
     eval_examples = load_eval_examples(cfg) if cfg.eval.every else {}
     rewarder = Rewarder(verifier_options(cfg), distributed.worker_share(cfg.verifier.workers, world), cfg.verifier.options,
                         ttrl_trained=cfg.rollout.group_size if cfg.verifier.ttrl_votes else None)
@@ -106,34 +87,9 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
                 raise faults.engine_failed(cfg.rollout.engine, step, error, checkpoint.latest(run_dir)) from error
             engine.sleep()
             faults.check_verifier_failures(step, metrics, cfg.faults.max_verifier_failure_share, world)
-            note, metrics["update/nothing_to_learn"] = None, 1.0
-            if rollouts.total_groups == 0:
-                note = "no update: no group carried signal after all sampling rounds"
-            else:
-                batch, shaping_metrics = build_train_batch(rollouts, cfg, policy, reference, tokenizer.pad_token_id, world, critic)
-                metrics.update(shaping_metrics)
-                if metrics["samples/in_loss"] == 0:
-                    note = "no update: every sample is masked out of the loss (overlong_filter: all truncated)"
-                else:
-                    metrics["update/nothing_to_learn"] = 0.0
-                    train_started = time.monotonic()
-                    updated, policy_changed = update_models(policy, critic, optimizer, scheduler, batch, cfg, tokenizer.pad_token_id,
-                                                            generator, world, step)
-                    metrics.update(updated)
-                    sync_started = time.monotonic()
-                    if not policy_changed:
-                        note = "value warm-up: only the value model learned (algorithm.gae.value_warmup_steps)"
-                    elif adapter_sync is not None:
-                        adapter_sync(policy, step)
-                    else:
-                        engine.update_weights(distributed.full_parameters(policy))
-                    metrics["time/train"] = sync_started - train_started
-                    metrics["time/weight_sync"] = time.monotonic() - sync_started
-                    if metrics["update/nonfinite_skipped"]:
-                        note = (f"{metrics['update/nonfinite_skipped']:.0f} update(s) skipped: non-finite loss or gradient "
-                                f"(stop after {cfg.faults.max_nonfinite_steps} steps in a row)")
+            note = learn(rollouts, metrics, learner, engine, adapter_sync, cfg, step, world)
             if cfg.eval.every and step % cfg.eval.every == 0 and world.is_main:  # the other ranks wait for it
-                metrics.update(evaluate_during_training(engine, tokenizer, eval_examples, cfg, run_dir, step))
+                metrics.update(evaluate_during_training(engine, learner.tokenizer, eval_examples, cfg, run_dir, step))
             metrics["time/step"] = time.monotonic() - started
             tokens = distributed.reduce(world, [sum(map(len, rollouts.completion_ids))])[0]
             metrics["tokens_per_second"] = tokens / metrics["time/step"]
@@ -142,13 +98,7 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
             nonfinite.observe(step, metrics.get("update/nonfinite_skipped", 0.0))
             stopping = stop.requested(world) and step < cfg.optim.steps  # a preemption signal: checkpoint, exit
             if stopping or step % cfg.checkpoint.every == 0 or step == cfg.optim.steps:
-                faults.require_finite_weights(policy.named_parameters(), world)
-                try:
-                    last_saved = checkpoint.save(run_dir, step, policy, tokenizer, {
-                        "scheduler": scheduler.state_dict(), "data": stream.state_dict(), "update_rng": generator.get_state(),
-                    }, cfg.checkpoint.keep_last, optimizer, world, merged=adapter and merge_lora_at(cfg, step), critic=critic)
-                except checkpoint.WRITE_ERRORS as error:  # a full disk, a lost mount: the last good one stays the latest
-                    raise checkpoint.failed(run_dir, step, error) from error
+                last_saved = save_checkpoint(run_dir, step, learner, stream, cfg, world)
             if stopping:
                 raise stop.interrupted(step, last_saved)
     finally:
@@ -164,6 +114,96 @@ def _train(cfg: TrainConfig, resume: bool, world: World) -> Path:
     return final
 
 
+def build_learner(cfg: TrainConfig, world: World, resume_from: Path | None) -> Learner:
+    """The policy (from ``resume_from`` when given; with LoRA the base from ``model.path`` and the adapter from
+    ``resume_from``), sharded over the ranks, its optimizer, the reference and the value model."""
+    adapter = cfg.model.lora.rank > 0
+    weights_from = cfg.model.path if adapter else str(resume_from or cfg.model.path)
+    policy, tokenizer = load_policy(weights_from, cfg.model.dtype, cfg.model.gradient_checkpointing, cfg.model.cpu_threads)
+    if adapter:
+        lora.attach(policy, cfg.model.lora, resume_from)
+    # with LoRA the reference is the policy with its adapter off (build_train_batch): no second model
+    reference = load_policy(cfg.model.path, cfg.model.dtype)[0].eval() if cfg.algorithm.kl_coef and not adapter else None
+    compute_dtype = getattr(torch, resolve_dtype(cfg.model.dtype, torch.cuda.is_available()))
+    policy = distributed.shard_policy(policy, world, compute_dtype)
+    reference = distributed.shard_policy(reference, world, compute_dtype) if reference is not None else None
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    critic = build_critic(cfg, tokenizer.pad_token_id, build_optimizer, resume_from, world)  # PPO's value model (gae), else None
+    return Learner(policy, tokenizer, optimizer, scheduler, torch.Generator().manual_seed(cfg.optim.seed), reference, critic)
+
+
+def restore(resume_from: Path, learner: Learner, stream: PromptStream) -> int:
+    """The optimizer, schedule, data order and update generator of checkpoint ``resume_from`` (its weights were
+    loaded with the policy); returns its step."""
+    state = checkpoint.load_state(resume_from)
+    checkpoint.load_optimizer(resume_from, learner.policy, learner.optimizer)
+    learner.scheduler.load_state_dict(state["scheduler"])
+    stream.load_state_dict(state["data"])
+    learner.generator.set_state(state["update_rng"])
+    return state["step"]
+
+
+def start_engine(cfg: TrainConfig, learner: Learner, resume_from: Path | None, start_step: int):
+    """The sampler, holding the policy's weights (wrapped for tool calls when ``rollout.tools.name`` is set), and,
+    with LoRA, the adapter sync that feeds it; ``(engine, adapter_sync or None)``."""
+    adapter = cfg.model.lora.rank > 0
+    engine = rlvr.rollout.get(cfg.rollout.engine)(
+        cfg.model.path if adapter else str(resume_from or cfg.model.path), max_model_len=max_model_len(cfg),
+        seed=cfg.optim.seed, dtype=cfg.model.dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        sleep_between_steps=cfg.rollout.sleep_between_steps,
+        batch_sequences=cfg.optim.prompts_per_step * max(cfg.rollout.group_size, cfg.verifier.ttrl_votes),  # TTRL: all votes
+        **{**lora.engine_options(cfg.model.lora, cfg.rollout.engine), **cfg.rollout.engine_options},
+    )
+    adapter_sync = lora.EngineSync(engine, cfg.model.lora) if adapter else None
+    if adapter_sync is not None and resume_from is not None:  # the engine started from the base model
+        adapter_sync(learner.policy, start_step)
+    return with_tools(engine, learner.tokenizer, cfg.rollout.tools), adapter_sync
+
+
+def learn(rollouts: Rollouts, metrics: dict[str, float], learner: Learner, engine, adapter_sync, cfg: TrainConfig,
+          step: int, world: World) -> str | None:
+    """One step's update from its rollouts: the batch (shaped rewards, advantages, log-probs), the models' update,
+    the new weights into the sampler. Adds its metrics to ``metrics``; returns why the step changed nothing or
+    skipped updates, else None."""
+    metrics["update/nothing_to_learn"] = 1.0
+    if rollouts.total_groups == 0:
+        return "no update: no group carried signal after all sampling rounds"
+    pad_id = learner.tokenizer.pad_token_id
+    batch, shaping_metrics = build_train_batch(rollouts, cfg, learner.policy, learner.reference, pad_id, world, learner.critic)
+    metrics.update(shaping_metrics)
+    if metrics["samples/in_loss"] == 0:
+        return "no update: every sample is masked out of the loss (overlong_filter: all truncated)"
+    metrics["update/nothing_to_learn"] = 0.0
+    train_started = time.monotonic()
+    updated, policy_changed = update_models(learner, batch, cfg, world, step)
+    metrics.update(updated)
+    sync_started = time.monotonic()
+    if policy_changed and adapter_sync is not None:
+        adapter_sync(learner.policy, step)
+    elif policy_changed:
+        engine.update_weights(distributed.full_parameters(learner.policy))
+    metrics["time/train"] = sync_started - train_started
+    metrics["time/weight_sync"] = time.monotonic() - sync_started
+    if not policy_changed:
+        return "value warm-up: only the value model learned (algorithm.gae.value_warmup_steps)"
+    if metrics["update/nonfinite_skipped"]:
+        return (f"{metrics['update/nonfinite_skipped']:.0f} update(s) skipped: non-finite loss or gradient "
+                f"(stop after {cfg.faults.max_nonfinite_steps} steps in a row)")
+    return None
+
+
+def save_checkpoint(run_dir: Path, step: int, learner: Learner, stream: PromptStream, cfg: TrainConfig, world: World) -> Path:
+    """The checkpoint of ``step`` (never of non-finite weights); a failed write leaves the last good one the latest."""
+    faults.require_finite_weights(learner.policy.named_parameters(), world)
+    try:
+        return checkpoint.save(run_dir, step, learner.policy, learner.tokenizer, {
+            "scheduler": learner.scheduler.state_dict(), "data": stream.state_dict(), "update_rng": learner.generator.get_state(),
+        }, cfg.checkpoint.keep_last, learner.optimizer, world, merged=cfg.model.lora.rank > 0 and merge_lora_at(cfg, step),
+            critic=learner.critic)
+    except checkpoint.WRITE_ERRORS as error:  # a full disk, a lost mount
+        raise checkpoint.failed(run_dir, step, error) from error
+
+
 def check_world(cfg: TrainConfig, world: World) -> None:
     """Every rank needs at least one prompt of each sampling round."""
     if cfg.optim.prompts_per_step < world.size:
@@ -171,14 +211,15 @@ def check_world(cfg: TrainConfig, world: World) -> None:
                          "job: each rank samples a share of a step's prompts; raise it or start fewer ranks")
 
 
-def update_models(policy, critic: Critic | None, optimizer, scheduler, batch: TrainBatch, cfg: TrainConfig, pad_id: int,
-                  generator: torch.Generator, world: World, step: int) -> tuple[dict[str, float], bool]:
+def update_models(learner: Learner, batch: TrainBatch, cfg: TrainConfig, world: World, step: int) -> tuple[dict[str, float], bool]:
     """The value model's update (PPO with ``gae``), then the policy's unless the value model is still warming up
     (``algorithm.gae.value_warmup_steps``); returns the metrics and whether the policy changed."""
-    metrics = critic.update(batch, generator) if critic is not None else {}
+    critic = learner.critic
+    metrics = critic.update(batch, learner.generator) if critic is not None else {}
     if critic is not None and critic.warming_up(step):
         return {**metrics, "update/nonfinite_skipped": 0.0}, False
-    return {**metrics, **update_policy(policy, optimizer, scheduler, batch, cfg, pad_id, generator, world)}, True
+    return {**metrics, **update_policy(learner.policy, learner.optimizer, learner.scheduler, batch, cfg,
+                                       learner.tokenizer.pad_token_id, learner.generator, world)}, True
 
 
 def merge_lora_at(cfg: TrainConfig, step: int) -> bool:
