@@ -27,12 +27,18 @@
 # * the program drops every capability, gets the rlimits, a seccomp filter against new user
 #   namespaces and the fixed environment, then execs argv, or, for Python (``python3 FILE``),
 #   runs the file in this already-warm interpreter exactly as ``python3 FILE`` would.
+# A program the host announced as its own (``precompile``: a verifier's harness, never a run's
+# code) runs as init itself, isolated as a program is but left non-dumpable: one forked
+# interpreter per run fewer. Its timeout is then a timer signal and the host's kill a SIGIO from
+# the control socket; init acts on either only when the clock or the socket says so, so the same
+# signals sent by the program's children are ignored, and those children get the defaults back.
 # Standard library only: it runs on the outer sandbox's python3.
 import atexit
 import base64
 import builtins
 import contextlib
 import ctypes
+import fcntl
 import gc
 import json
 import os
@@ -41,7 +47,6 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 import types
@@ -53,6 +58,8 @@ libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
 SYS_CLONE = 56
 # The server's uid and gid: a child cloned into a new user namespace sees neither until it maps them.
 SERVER_UID, SERVER_GID = os.getuid(), os.getgid()
+# What a run's uid_map and gid_map say: our own ids, the only ones an unprivileged user may map.
+ID_MAPS = (f"{SERVER_UID} {SERVER_UID} 1".encode(), f"{SERVER_GID} {SERVER_GID} 1".encode())
 # private_mount_plan(), made by main() before the first run.
 PRIVATE_MOUNTS = []
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
@@ -66,8 +73,9 @@ MAX_REQUEST = 1 << 16
 # HumanEval's prompts (typing), LiveCodeBench-style functional programs (the rest). Each run still
 # gets its own copy of every module, forked from the server's clean state.
 PRELOADED = ("bisect", "collections", "functools", "heapq", "itertools", "math", "typing")
-# Programs the host said it will run often (a verifier's harness), compiled once by the server, by
-# (path, source): a run whose program is byte for byte one of them skips compiling it.
+# Programs the host announced as its own and as run often (a verifier's harness), compiled once by
+# the server, by (path, source): a run whose program is byte for byte one of them skips compiling
+# it, and runs as the run's init.
 PRECOMPILED = {}
 MAX_PRECOMPILED = 16
 
@@ -117,11 +125,23 @@ def forbid_user_namespaces():
     check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(NO_USER_NAMESPACES)), "seccomp")
 
 
+def last_capability():
+    """The highest capability number this kernel knows (read once by the server)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 63  # dropping a capability the kernel does not know fails harmlessly
+
+
+LAST_CAPABILITY = last_capability()
+
+
 def drop_capabilities():
-    """init created the user namespace, so its children hold every capability in it."""
-    for capability in range(64):
+    """init created the run's user namespace: it and its children hold every capability in it."""
+    for capability in range(LAST_CAPABILITY + 1):
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            break  # past the last capability this kernel knows
+            break
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     data = (ctypes.c_uint32 * 6)()
     check(libc.capset(header, data), "capset")
@@ -210,9 +230,6 @@ def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_
     """PID 1 of the run's namespaces: isolate, start the program, watch it, report."""
     started = time.monotonic()
     control = socket.socket(fileno=control_fd)
-    # Python's own handler would let the program interrupt init with SIGINT; PID 1 ignores every
-    # signal from its namespace that it has no handler for.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         join_cgroup(cgroup_fds, request["cgroup_fds"])
     except OSError as error:
@@ -222,9 +239,13 @@ def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_
         prepare_namespaces(request)
         # (only now: a process that is not dumpable cannot write its own uid_map)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        write_files(files_fd)
+        files = write_files(files_fd)
     except OSError as error:
         control.send(json.dumps({"error": f"cannot isolate the run: {error}"}).encode())
+        return
+    own = announced_program(request, files)
+    if own is not None:
+        run_as_init(request, own, control, (stdin_fd, stdout_fd, stderr_fd), started + request["timeout"])
         return
     program = os.fork()
     if program == 0:
@@ -254,6 +275,11 @@ def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_
     status = None
     if not (timed_out or killed):
         status = os.waitpid(program, 0)[1]
+    finish(control, status, timed_out)
+
+
+def finish(control, wait_status, timed_out):
+    """Kill and reap what is left of the run, then report to the host."""
     # What the program left behind (all of it, on a timeout or kill) dies now, and is reaped here
     # so that its resource usage counts for the run (our exit would kill it too, unaccounted).
     # (again after each reap: a child forked while the signal went out escapes one round)
@@ -267,13 +293,53 @@ def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_
     except ChildProcessError:
         pass
     try:
-        control.send(json.dumps({"wait_status": status, "timed_out": timed_out}).encode())
+        control.send(json.dumps({"wait_status": wait_status, "timed_out": timed_out}).encode())
         # Closing with the host's "kill" unread would reset the connection and lose the report:
         # the host hangs up first.
         while control.recv(16):
             pass
     except OSError:
         pass
+
+
+def announced_program(request, files):
+    """The compiled code of the run's Python program if it is byte for byte one the host announced."""
+    if not request.get("python"):
+        return None
+    path = os.path.join("/work", request["python"])
+    return PRECOMPILED.get((path, files.get(path)))
+
+
+def run_as_init(request, code, control, stdio, deadline):
+    """Run the host's own program in init (see the top of this file): isolated as any program,
+    watched by signals instead of by a waiting init."""
+    def handle(action):
+        for number in (signal.SIGALRM, signal.SIGIO):
+            signal.signal(number, action)
+
+    def stop_if_due(signum, frame):
+        due = time.monotonic() >= deadline
+        if due or select.select([control], [], [], 0)[0]:
+            handle(signal.SIG_IGN)
+            os.closerange(0, 3)
+            finish(control, None, due)
+            os._exit(0)
+
+    handle(stop_if_due)
+    os.register_at_fork(after_in_child=lambda: handle(signal.SIG_DFL))
+    fcntl.fcntl(control.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(control.fileno(), fcntl.F_SETFL, fcntl.fcntl(control.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+    try:
+        isolate(request, *stdio, keep=control.fileno())
+        status = run_main(request["python"], code)
+    except BaseException as error:  # noqa: B036 - as a forked program would: reported, status 127
+        os.write(2, f"sandbox: {error!r}\n".encode())
+        status = 127
+    handle(signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    os.closerange(0, 3)  # the host reads the report once the output has ended
+    finish(control, status << 8, False)
 
 
 def join_cgroup(fds, expected):
@@ -299,10 +365,12 @@ def prepare_namespaces(request):
     """Map our own uid and gid (the only ones an unprivileged user may map), then make every
     mount private, mount the run's own writable file systems and its /proc."""
     fresh_session_keyring()
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{SERVER_UID} {SERVER_UID} 1"),
-                       ("gid_map", f"{SERVER_GID} {SERVER_GID} 1")):
-        with open(f"/proc/self/{name}", "w") as handle:
-            handle.write(text)
+    for name, text in (("setgroups", b"deny"), ("uid_map", ID_MAPS[0]), ("gid_map", ID_MAPS[1])):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     private_writable_mounts(request["disk_bytes"])
     try:
@@ -351,31 +419,31 @@ def private_writable_mounts(size):
 
 
 def write_files(files_fd):
+    """Write the run's files into /work; returns their contents by path."""
     files = json.loads(read_all(files_fd))
     os.close(files_fd)
+    written = {}
     for name, (content, executable) in files.items():
         path = os.path.join("/work", name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(base64.b64decode(content))
-        os.chmod(path, 0o755 if executable else 0o644)
+        if "/" in name:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = written[path] = base64.b64decode(content)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o755 if executable else 0o644)
+        finally:
+            os.close(fd)
+    return written
 
 
 def run_program(request, stdin_fd, stdout_fd, stderr_fd):
-    os.setsid()
-    for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd)):
-        os.dup2(fd, target)
-    os.closerange(3, 1 << 20)
-    os.chdir("/work")
-    os.environ.clear()
-    os.environ.update(request["env"], PWD="/work")
-    for name, value in request["rlimits"].items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-    drop_capabilities()
+    isolate(request, stdin_fd, stdout_fd, stderr_fd)
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # init is not; the program is an ordinary process (as after exec)
-    forbid_user_namespaces()
     if request.get("python"):
-        run_python(request["python"])
+        os._exit(run_main(request["python"]))
     # Python ignores these; an exec'd program starts with the defaults, as under a shell.
     for number in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(number, signal.SIG_DFL)
@@ -383,8 +451,34 @@ def run_program(request, stdin_fd, stdout_fd, stderr_fd):
     os.execvpe(argv[0], argv, os.environ)
 
 
-def run_python(filename):
-    """``python3 FILE`` in this interpreter: a fresh __main__, the usual exit status."""
+def isolate(request, stdin_fd, stdout_fd, stderr_fd, keep=None):
+    """What a program gets before it runs: its own session, the run's stdio and no other
+    descriptor (but ``keep``), the work dir, environment and rlimits, no capabilities, and the
+    seccomp filter."""
+    os.setsid()
+    for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd)):
+        os.dup2(fd, target)
+    if keep is None:
+        os.closerange(3, 1 << 20)
+    else:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+    os.chdir("/work")
+    environment = {**request["env"], "PWD": "/work"}
+    for name in [name for name in os.environ if name not in environment]:
+        del os.environ[name]
+    for name, value in environment.items():  # (mostly the server's own already)
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    for name, value in request["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    drop_capabilities()
+    forbid_user_namespaces()
+
+
+def run_main(filename, code=None):
+    """``python3 FILE`` in this interpreter (``code``: FILE already compiled): a fresh __main__;
+    returns the exit status python3 would have."""
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
@@ -397,16 +491,18 @@ def run_python(filename):
     sys.path.insert(0, os.path.dirname(path))
     status = 0
     try:
-        with open(path, "rb") as handle:
-            source = handle.read()
-        exec(PRECOMPILED.get((path, source)) or compile(source, path, "exec"), main.__dict__)
+        if code is None:
+            with open(path, "rb") as handle:
+                code = compile(handle.read(), path, "exec")
+        exec(code, main.__dict__)
     except SystemExit as exit_request:
         status = exit_status(exit_request.code)
     except BaseException:  # noqa: B036 - what python3 does with an uncaught exception
         sys.excepthook(*sys.exc_info())
         status = 1
     try:
-        threading._shutdown()
+        if "threading" in sys.modules:  # as at python3's exit: only a program that imported it has threads
+            sys.modules["threading"]._shutdown()
         atexit._run_exitfuncs()
     except SystemExit as exit_request:
         status = exit_status(exit_request.code)
@@ -417,7 +513,7 @@ def run_python(filename):
             stream.flush()
         except Exception:  # noqa: BLE001 - python3 exits 120 when stdout cannot be flushed
             status = status or 120
-    os._exit(status)
+    return status
 
 
 def exit_status(code):
@@ -433,6 +529,9 @@ def exit_status(code):
 
 
 def main():
+    # Python's own handler would let a run interrupt its init with SIGINT; PID 1 ignores every
+    # signal from its namespace that it has no handler for. (Runs inherit this from the server.)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     fresh_session_keyring()
     for name in PRELOADED:
         __import__(name)

@@ -265,9 +265,12 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(**{**common, **job}), jobs))
 
     def precompile(self, code: str) -> None:
-        """A hint that the Python program ``code`` will run many times (a verifier's harness): a
-        back-end with a warm interpreter compiles it once, ahead of the runs, instead of in every
-        run. Runs behave exactly the same with or without it."""
+        """A hint that the Python program ``code``, the caller's own (a verifier's harness), never
+        untrusted code, will run many times: a back-end with a warm interpreter compiles it once,
+        ahead of the runs, and runs it as the run's init process (one process fewer per run). It
+        is isolated as any program is and its output and exit status are the same; only its
+        process is PID 1 of the run, non-dumpable, and gets no signals from the processes it
+        starts but those it handles."""
 
     def close(self) -> None:
         """Release what the back-end keeps between runs (warm servers); runs may follow."""

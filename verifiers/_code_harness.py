@@ -195,6 +195,16 @@ def candidate_function(server, names, name, method_of=None):
     raise CandidateError(f"the program defines no function {name!r}")
 
 
+def close_other_descriptors(keep):
+    """The candidate keeps its stdio and its own pipes only: no descriptor of the checker's (nor
+    one the checker's own runner holds, e.g. a sandbox's control socket) reaches it."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
 def main():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 0
@@ -208,8 +218,7 @@ def main():
             os.dup2(null, 0)
             os.dup2(2, 1)
             os.close(null)
-            os.close(requests_write)
-            os.close(responses_read)
+            close_other_descriptors((requests_read, responses_write))
             sys.stdin = open(os.devnull)
             sys.stdout = sys.stderr
             serve(requests_read, responses_write)
