@@ -232,3 +232,38 @@ def test_per_token_advantages_reach_the_policy_loss(tiny_model_dir):
     cfg = config.load(TrainConfig, None, ["algorithm.estimator=gae"])
     metrics = _micro_step(model, batch, [0, 1], cfg, tokenizer.pad_token_id, torch.device("cpu"), denominator=5.0)
     assert metrics["loss"] == pytest.approx(-0.7, abs=1e-6)
+
+
+def test_the_value_model_skips_a_tools_output_inside_a_response(tiny_model_dir):
+    """A response with a tool's output in the middle (loss mask 1 0 0 1): with gamma = lam = 1 and no whitening,
+    the advantage of each model token is R - V_t (the observation passes the last token's value through), the
+    observation tokens get neither advantage nor return, and the value loss does not read their targets."""
+    from rlvr.critic import Critic, ValueModel
+    from rlvr.update import TrainBatch
+
+    model = ValueModel.from_pretrained(str(tiny_model_dir), torch.float32)
+    with torch.no_grad():  # values that differ per token (a fresh head is all zeros)
+        model.head.weight.normal_(generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = config.load(TrainConfig, None, ["algorithm.estimator=gae", "algorithm.gae.lam=1.0", "algorithm.gae.whiten=false",
+                                          "optim.mini_batch_size=2", "optim.micro_batch_size=2"])
+    critic = Critic(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), cfg, 0)
+
+    batch = TrainBatch(prompt_ids=[[5, 6], [7]], completion_ids=[[8, 9, 10, 11], [12, 13]], advantages=torch.zeros(2),
+                       sample_mask=torch.ones(2), sampler_logprobs=[[-1.0] * 4, [-1.0] * 2], loss_masks=[[1, 0, 0, 1], [1, 1]])
+    critic.advantages(batch, torch.tensor([1.0, 0.0]))
+    values = batch.old_values[0]
+    assert values[0] != values[3]
+    expected = torch.tensor([1.0 - values[0], 0.0, 0.0, 1.0 - values[3]])
+    torch.testing.assert_close(batch.token_advantages[0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batch.returns[0], torch.tensor([1.0, 0.0, 0.0, 1.0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(batch.token_advantages[1], -batch.old_values[1], rtol=0, atol=1e-6)
+
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    losses = []
+    for garbage in (0.0, 99.0):  # targets on the observation tokens: never part of the value loss
+        model.load_state_dict(initial)
+        optimizer.state.clear()
+        batch.returns[0][1:3] = garbage
+        losses.append(critic.update(batch, torch.Generator().manual_seed(0))["value/loss"])
+    assert losses[0] == losses[1]
