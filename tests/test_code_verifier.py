@@ -131,6 +131,29 @@ def test_honest_solution_in_the_cheat_setting_passes(checker, humaneval):
     assert verdict.correct and verdict.reward == 1.0 and verdict.details["passed"] == 1
 
 
+# Run at the candidate's import: it may hold no descriptor but its stdio and its two pipes (no socket
+# of the sandbox's, whose checker may be the run's init), has default handlers for the signals the
+# init watches, and no signal it sends its parent, the checker, stops the checking.
+PROBE_AND_SIGNAL = """
+import os, signal, stat
+held = [fd for fd in range(3, 1024) if _open(fd)]
+kinds = [stat.S_IFMT(os.fstat(fd).st_mode) for fd in held]
+if kinds.count(stat.S_IFIFO) != 2 or set(kinds) - {stat.S_IFIFO, stat.S_IFCHR}:  # (its stdin: /dev/null)
+    raise SystemExit(f"the candidate holds descriptors {held}: {kinds}")
+if {signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGIO)} != {signal.SIG_DFL}:
+    raise SystemExit("the candidate inherited the checker's signal handlers")
+for number in (signal.SIGALRM, signal.SIGIO, signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+    os.kill(os.getppid(), number)
+"""
+
+
+def test_the_candidate_holds_only_its_pipes_and_cannot_signal_the_checker(checker, humaneval):
+    body = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+    opener = "import os\ndef _open(fd):\n    try:\n        os.fstat(fd)\n        return True\n    except OSError:\n        return False\n"
+    verdict = checker.verify(f"```python\n{opener}{PROBE_AND_SIGNAL}{HAS_CLOSE}{body}```", humaneval[0])
+    assert verdict.correct, verdict.details
+
+
 # --- MBPP
 
 

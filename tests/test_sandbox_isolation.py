@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import signal
 import threading
 import time
 import warnings
@@ -316,3 +317,47 @@ def test_cpp_compile_errors_and_limits(any_sandbox):
     # SUM compiles under the default limits (test above), not in 24 MiB.
     starved = any_sandbox.session(SUM, language="cpp", compile_memory_mb=24).compile_result
     assert starved.status == "compile_error", starved
+
+
+# A program the host announces with precompile() runs as the run's init (PID 1): it must still be
+# bounded by the timeout and the output cap, its children must get the default signal handlers and
+# be unable to stop it with a signal, and nothing it leaves may outlive the run.
+AS_INIT = """
+import os, signal, sys, time
+mode = sys.stdin.read()
+print(os.getpid(), flush=True)
+if mode == "loop":
+    while True:
+        pass
+if mode == "flood":
+    if os.fork() == 0:
+        while True:
+            os.write(1, b"F" * 65536)
+    time.sleep(60)
+if mode == "children":
+    child = os.fork()
+    if child == 0:
+        print([str(signal.getsignal(number)) for number in (signal.SIGALRM, signal.SIGIO)], flush=True)
+        for number in (signal.SIGALRM, signal.SIGIO, signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            os.kill(os.getppid(), number)
+        os._exit(0)
+    os.waitpid(child, 0)
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(600)
+    print("alive")
+"""
+
+
+def test_a_precompiled_program_runs_as_init_within_every_limit(sandbox):
+    sandbox.precompile(AS_INIT)
+    children = sandbox.run(AS_INIT, stdin="children", timeout=10)
+    default = str(signal.SIG_DFL)
+    assert (children.status, children.stdout) == ("ok", f"1\n{[default, default]!r}\nalive\n"), children
+    assert children.wall_time < 5  # the daemon it left died with the run, it did not hold the run open
+    looping = sandbox.run(AS_INIT, stdin="loop", timeout=1)
+    assert (looping.status, looping.stdout) == ("timeout", "1\n") and looping.wall_time < 4, looping
+    flooding = sandbox.run(AS_INIT, stdin="flood", timeout=10, max_output_bytes=1 << 16)
+    assert flooding.status == "output_limit" and flooding.wall_time < 5, flooding
+    # The same program, not announced (one byte differs), runs as an ordinary process.
+    assert sandbox.run(AS_INIT + "\n", stdin="").stdout != "1\n"
