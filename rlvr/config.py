@@ -123,11 +123,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _DottedKeys(dict):
+    """The keys ``key=value`` overrides set in a mapping that no file gave whole: for a mapping-valued option
+    (``problems.options.digits=3``) they change those keys of its value, the others keep theirs."""
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, last = dotted.split(".")
     node = data
     for part in parents:
-        child = node.setdefault(part, {})
+        child = node.setdefault(part, _DottedKeys())
         if not isinstance(child, dict):
             raise ConfigError(f"cannot set {dotted!r}: {part!r} is a value, not a section")
         node = child
@@ -150,6 +155,8 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "", defaults: C 
             section_default = getattr(defaults, key) if defaults is not None else _field_default(fields[key])
             kwargs[key] = from_dict(hints[key], value if value is not None else {}, f"{prefix}{key}.", section_default)
         else:
+            if isinstance(value, _DottedKeys):  # keys of a mapping option, over its value (the section's default)
+                value = _merged(getattr(defaults, key) if defaults is not None else _field_default(fields[key]), value)
             kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         built = dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
@@ -160,6 +167,13 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "", defaults: C 
     if not prefix:  # the sections were built by the recursion: check the whole config once, at the top
         validate(built)
     return built
+
+
+def _merged(base: Any, keys: _DottedKeys) -> dict[str, Any]:
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in keys.items():
+        merged[key] = _merged(merged.get(key), value) if isinstance(value, _DottedKeys) else value
+    return merged
 
 
 def _field_default(field: dataclasses.Field) -> Any:

@@ -1,6 +1,6 @@
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -171,3 +171,21 @@ def test_a_config_built_in_python_is_checked_by_train_and_sft(tmp_path):
 def test_every_default_is_one_of_its_choices():
     config.validate(TrainConfig())  # every default is one of its choices
     config.validate(Outer())
+
+
+@dataclass
+class WithMapping:
+    knobs: dict[str, Any] = option({"steps": 1, "digits": 1, "ops": "+-*"}, "A mapping-valued option with a default.")
+    nested: dict[str, dict[str, Any]] = option({"gspo": {"clip_low": 1.0, "clip_high": 2.0}}, "Mappings in a mapping.")
+
+
+def test_a_dotted_override_sets_one_key_of_a_mapping_option_a_file_sets_it_whole(tmp_path):
+    loaded = config.load(WithMapping, None, ["knobs.digits=3", "nested.gspo.clip_high=5.0", "nested.cispo.clip_high=4.0"])
+    assert loaded.knobs == {"steps": 1, "digits": 3, "ops": "+-*"}
+    assert loaded.nested == {"gspo": {"clip_low": 1.0, "clip_high": 5.0}, "cispo": {"clip_high": 4.0}}
+    assert WithMapping().knobs == {"steps": 1, "digits": 1, "ops": "+-*"}  # the default itself is untouched
+    path = tmp_path / "c.yaml"
+    path.write_text("knobs: {digits: 2}\n")
+    assert config.load(WithMapping, path).knobs == {"digits": 2}  # a mapping written whole is the value
+    assert config.load(WithMapping, path, ["knobs.ops=*"]).knobs == {"digits": 2, "ops": "*"}
+    assert config.load(WithMapping, None, ["knobs={digits: 4}"]).knobs == {"digits": 4}
