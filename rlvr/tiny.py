@@ -10,7 +10,7 @@ demo trains it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +55,13 @@ def default_corpus(lines: int = 2000, seed: int = 0) -> list[str]:
     return corpus
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: bool = False):
-    """Train a byte-level BPE tokenizer (digits split one by one, as Qwen's) on ``corpus``."""
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: bool = False,
+                    whole_tokens: Sequence[str] = ()):
+    """Train a byte-level BPE tokenizer (digits split one by one, as Qwen's) on ``corpus``.
+
+    ``whole_tokens``: strings that are always one token of their own (ordinary, not special: decoding keeps
+    them), so that no BPE merge crosses their edges; e.g. the tool-call markers, whose ids are then the same
+    whether a text is encoded whole (SFT) or in pieces (a rollout's prompt, turns and observations)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,20 +78,22 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template:
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.add_tokens(list(whole_tokens))
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
     if chat_template:
         wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 
-def build_tiny_model(output_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), corpus: Iterable[str] | None = None) -> Path:
-    """Write a randomly initialised tiny Qwen2 model and its tokenizer to ``output_dir``."""
+def build_tiny_model(output_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), corpus: Iterable[str] | None = None,
+                     whole_tokens: Sequence[str] = ()) -> Path:
+    """Write a randomly initialised tiny Qwen2 model and its tokenizer (see :func:`build_tokenizer`) to ``output_dir``."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(
-        corpus if corpus is not None else default_corpus(seed=spec.seed), spec.vocab_size, spec.chat_template
+        corpus if corpus is not None else default_corpus(seed=spec.seed), spec.vocab_size, spec.chat_template, whole_tokens
     )
     config = Qwen2Config(
         vocab_size=len(tokenizer),

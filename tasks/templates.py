@@ -149,8 +149,9 @@ def _transcript(example: Example) -> str:
 @register_template("tool-short")
 def tool_short(example: Example, tokenizer: Any = None) -> str:
     """``tool`` without its paragraph, for tiny models trained from scratch, where a long instruction would be
-    most of every forward pass and means nothing to the model."""
-    return f"User: {example.problem.strip()} (Python: <code>, </code>)\nAssistant:{_transcript(example)}"
+    most of every forward pass and means nothing to the model. The problem comes last, next to the answer,
+    so that a call copies its numbers from a few tokens back."""
+    return f"User: (Python: <code>) {example.problem.strip()}\nAssistant:{_transcript(example)}"
 
 
 @register_template("auto")

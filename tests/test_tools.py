@@ -475,3 +475,36 @@ def test_the_tool_demo_never_trains_on_a_tool_output():
         assert row["solution"] == f"The answer is \\boxed{{{row['answer']}}}."
         assert tasks.render_prompt(tasks.Example("x", row["problem"], row["answer"], "math", {"transcript": row["transcript"]}),
                                    None, "tool-short").endswith(row["transcript"])
+
+
+@needs_repl
+def test_the_tool_demo_tokenizer_gives_sft_the_ids_a_rollout_builds(tmp_path):
+    """SFT encodes an answer row's context (prompt, call, output) as one text; a rollout concatenates the ids of
+    the prompt, of the sampled call and of the observation, each encoded on its own. The demo's tokenizer keeps
+    the markers whole, so no merge crosses a seam (``:<`` did) and both give the same ids."""
+    import random
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    import tasks
+    from rlvr.rollout.tools import ToolRollout
+    from rlvr.tool_demo import TEMPLATE, ToolDemoConfig, build_model, call_text, sft_rows
+
+    cfg = ToolDemoConfig()
+    cfg.problems.sft_examples = 200
+    build_model(cfg, tmp_path / "init")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "init")
+    rollout = ToolRollout(SimpleNamespace(max_model_len=1024), tokenizer, cfg.tools)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for marker in ("<code>", "</code>", "<output>", "</output>"):
+        assert len(encode(marker)) == 1 and tokenizer.decode(encode(marker), skip_special_tokens=True) == marker
+    examples = tasks.load("arithmetic", split="test", limit=20, seed=1, **cfg.problems.options)
+    for example, row in zip(examples, sft_rows(examples, 1.0, random.Random(0))[1::2], strict=True):
+        sft_context = tasks.encode_prompt(tasks.Example("x", row["problem"], row["answer"], "math",
+                                                        {"transcript": row["transcript"]}), tokenizer, TEMPLATE)
+        first, second = map(int, example.metadata["expression"].split(" * "))
+        printed = str(first * second)  # what the interpreter prints for the call, its trailing newline dropped
+        rollout_context = (tasks.encode_prompt(example, tokenizer, TEMPLATE) + encode(call_text(example))
+                           + rollout.observation_ids(printed, room=64))
+        assert sft_context == rollout_context
