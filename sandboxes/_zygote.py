@@ -33,8 +33,9 @@
 # the control socket; init acts on either only when the clock or the socket says so, so the same
 # signals sent by the program's children are ignored, and those children get the defaults back.
 # Standard library only: it runs on the outer sandbox's python3.
+import _signal
 import atexit
-import base64
+import binascii
 import builtins
 import contextlib
 import ctypes
@@ -52,6 +53,16 @@ import traceback
 import types
 
 libc = ctypes.CDLL(None, use_errno=True)
+# Every page a run writes is a copy of the server's, made by the kernel on the first write, and in
+# this Python (3.11) running a function writes to it (its reference count, its code's counters):
+# so what runs do is done with as few Python-level functions as will do. Looked up once here: the
+# first lookup of a C function through a CDLL runs ctypes' Python code.
+for name in ("capset", "mount", "prctl", "syscall"):
+    getattr(libc, name)
+# The C parts of json.loads (its Python layers cost a run more than the parsing).
+SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+# signal.signal() converts to and from enums in Python; _signal.signal() is the same call in C.
+set_handler = _signal.signal
 # The same C library, called with the GIL held: a clone() through it leaves the child's interpreter
 # exactly as the parent's was at the call, as os.fork() does.
 libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
@@ -60,6 +71,8 @@ SYS_CLONE = 56
 SERVER_UID, SERVER_GID = os.getuid(), os.getgid()
 # What a run's uid_map and gid_map say: our own ids, the only ones an unprivileged user may map.
 ID_MAPS = (f"{SERVER_UID} {SERVER_UID} 1".encode(), f"{SERVER_GID} {SERVER_GID} 1".encode())
+# The server's environment, as main() made it (runs get their own only where it differs).
+SERVER_ENVIRONMENT = {}
 # private_mount_plan(), made by main() before the first run.
 PRIVATE_MOUNTS = []
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
@@ -69,10 +82,10 @@ PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 3
 SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING = 250, 1
 MAX_REQUEST = 1 << 16
 # Modules runs commonly import, imported once by the server before any fork instead of once per
-# run (typing alone costs a fresh interpreter ~9 ms): the code verifier's harness (collections),
-# HumanEval's prompts (typing), LiveCodeBench-style functional programs (the rest). Each run still
-# gets its own copy of every module, forked from the server's clean state.
-PRELOADED = ("bisect", "collections", "functools", "heapq", "itertools", "math", "typing")
+# run (typing alone costs a fresh interpreter ~9 ms): the code verifier's harness (base64,
+# collections), HumanEval's prompts (typing), LiveCodeBench-style functional programs (the rest).
+# Each run still gets its own copy of every module, forked from the server's clean state.
+PRELOADED = ("base64", "bisect", "collections", "functools", "heapq", "itertools", "math", "typing")
 # Programs the host announced as its own and as run often (a verifier's harness), compiled once by
 # the server, by (path, source): a run whose program is byte for byte one of them skips compiling
 # it, and runs as the run's init.
@@ -188,8 +201,8 @@ def serve(channel):
         if pid == 0:
             status = 1
             try:
-                channel.close()
-                init(json.loads(message), *fds)
+                os.close(channel.fileno())  # (the child never touches the socket object again)
+                init(from_json(message), *fds)
                 status = 0
             finally:
                 os._exit(status)
@@ -197,16 +210,21 @@ def serve(channel):
             os.close(fd)
 
 
+def from_json(message):
+    """json.loads of the host's bytes, in C."""
+    return SCAN_JSON(message.decode(), 0)[0]
+
+
 def precompile(message):
     """Compile a program the host announced (the host's own text, never a run's data). Only a
     speed hint: anything wrong with it and runs compile the program as usual."""
     try:
-        request = json.loads(message)
-        path = os.path.join("/work", request["precompile"])
+        request = from_json(message)
+        path = "/work/" + request["precompile"]
         source = request["source"].encode()
         if len(PRECOMPILED) < MAX_PRECOMPILED:
             PRECOMPILED[(path, source)] = compile(source, path, "exec")
-    except (ValueError, KeyError, TypeError, AttributeError, SyntaxError):
+    except (ValueError, KeyError, TypeError, AttributeError, SyntaxError, StopIteration):
         pass
 
 
@@ -293,7 +311,8 @@ def finish(control, wait_status, timed_out):
     except ChildProcessError:
         pass
     try:
-        control.send(json.dumps({"wait_status": wait_status, "timed_out": timed_out}).encode())
+        control.send(b'{"wait_status": %s, "timed_out": %s}' % (
+            b"null" if wait_status is None else b"%d" % wait_status, b"true" if timed_out else b"false"))
         # Closing with the host's "kill" unread would reset the connection and lose the report:
         # the host hangs up first.
         while control.recv(16):
@@ -306,7 +325,7 @@ def announced_program(request, files):
     """The compiled code of the run's Python program if it is byte for byte one the host announced."""
     if not request.get("python"):
         return None
-    path = os.path.join("/work", request["python"])
+    path = "/work/" + request["python"]
     return PRECOMPILED.get((path, files.get(path)))
 
 
@@ -314,19 +333,19 @@ def run_as_init(request, code, control, stdio, deadline):
     """Run the host's own program in init (see the top of this file): isolated as any program,
     watched by signals instead of by a waiting init."""
     def handle(action):
-        for number in (signal.SIGALRM, signal.SIGIO):
-            signal.signal(number, action)
+        set_handler(signal.SIGALRM, action)
+        set_handler(signal.SIGIO, action)
 
     def stop_if_due(signum, frame):
         due = time.monotonic() >= deadline
         if due or select.select([control], [], [], 0)[0]:
-            handle(signal.SIG_IGN)
+            handle(_signal.SIG_IGN)
             os.closerange(0, 3)
             finish(control, None, due)
             os._exit(0)
 
     handle(stop_if_due)
-    os.register_at_fork(after_in_child=lambda: handle(signal.SIG_DFL))
+    os.register_at_fork(after_in_child=lambda: handle(_signal.SIG_DFL))
     fcntl.fcntl(control.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(control.fileno(), fcntl.F_SETFL, fcntl.fcntl(control.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
     signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
@@ -336,7 +355,7 @@ def run_as_init(request, code, control, stdio, deadline):
     except BaseException as error:  # noqa: B036 - as a forked program would: reported, status 127
         os.write(2, f"sandbox: {error!r}\n".encode())
         status = 127
-    handle(signal.SIG_IGN)
+    handle(_signal.SIG_IGN)
     signal.setitimer(signal.ITIMER_REAL, 0)
     os.closerange(0, 3)  # the host reads the report once the output has ended
     finish(control, status << 8, False)
@@ -420,14 +439,14 @@ def private_writable_mounts(size):
 
 def write_files(files_fd):
     """Write the run's files into /work; returns their contents by path."""
-    files = json.loads(read_all(files_fd))
+    files = from_json(read_all(files_fd))
     os.close(files_fd)
     written = {}
     for name, (content, executable) in files.items():
-        path = os.path.join("/work", name)
+        path = "/work/" + name
         if "/" in name:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = written[path] = base64.b64decode(content)
+            os.makedirs(path.rpartition("/")[0], exist_ok=True)
+        data = written[path] = binascii.a2b_base64(content)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
@@ -446,7 +465,7 @@ def run_program(request, stdin_fd, stdout_fd, stderr_fd):
         os._exit(run_main(request["python"]))
     # Python ignores these; an exec'd program starts with the defaults, as under a shell.
     for number in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(number, signal.SIG_DFL)
+        set_handler(number, _signal.SIG_DFL)
     argv = request["argv"]
     os.execvpe(argv[0], argv, os.environ)
 
@@ -465,11 +484,9 @@ def isolate(request, stdin_fd, stdout_fd, stderr_fd, keep=None):
         os.closerange(keep + 1, 1 << 20)
     os.chdir("/work")
     environment = {**request["env"], "PWD": "/work"}
-    for name in [name for name in os.environ if name not in environment]:
-        del os.environ[name]
-    for name, value in environment.items():  # (mostly the server's own already)
-        if os.environ.get(name) != value:
-            os.environ[name] = value
+    if environment != SERVER_ENVIRONMENT:  # (which it is, unless the server was started otherwise)
+        os.environ.clear()
+        os.environ.update(environment)
     for name, value in request["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     drop_capabilities()
@@ -482,13 +499,13 @@ def run_main(filename, code=None):
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
-    path = os.path.join("/work", filename)
+    path = "/work/" + filename
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
     sys.argv = [filename]
-    sys.path.insert(0, os.path.dirname(path))
+    sys.path.insert(0, path.rpartition("/")[0])
     status = 0
     try:
         if code is None:
@@ -531,7 +548,9 @@ def exit_status(code):
 def main():
     # Python's own handler would let a run interrupt its init with SIGINT; PID 1 ignores every
     # signal from its namespace that it has no handler for. (Runs inherit this from the server.)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    set_handler(signal.SIGINT, _signal.SIG_DFL)
+    os.environ["PWD"] = "/work"  # (bwrap and docker start the server there)
+    SERVER_ENVIRONMENT.update(os.environ)
     fresh_session_keyring()
     for name in PRELOADED:
         __import__(name)
