@@ -6,6 +6,7 @@ in it, daemons included. Without it the back-ends fall back to rlimits and PID n
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -36,7 +37,8 @@ class Cgroup:
     def create(cls, memory_bytes: int, max_pids: int) -> Cgroup | None:
         if os.geteuid() != 0:
             return None
-        name = f"run-{uuid.uuid4().hex[:12]}"
+        remove_orphans(os.getpid())
+        name = f"run-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # whose it is: see remove_orphans
         try:
             if (CGROUP_ROOT / "cgroup.controllers").is_file():
                 group = cls._create_v2(name, memory_bytes, max_pids)
@@ -163,3 +165,33 @@ class Cgroup:
                     break
                 except OSError:  # busy for a moment while killed processes are reaped
                     time.sleep(0.005)
+
+
+@functools.cache
+def remove_orphans(creator: int) -> None:
+    """Delete the empty cgroups left by processes that died without removing theirs (killed, or a warm
+    back-end's reusable cgroups never closed). Only cgroups made in this PID namespace are judged (another
+    namespace's pids mean other processes). ``creator``, this process's pid, makes the cache sweep once per
+    process (a forked child sweeps again)."""
+    namespace = _pid_namespace()
+    for parent in (CGROUP_ROOT / GROUP_NAME, CGROUP_ROOT / "memory" / GROUP_NAME, CGROUP_ROOT / "pids" / GROUP_NAME):
+        with contextlib.suppress(OSError):
+            for directory in parent.glob(f"run-{namespace}-*-*"):
+                owner = directory.name.split("-")[2]
+                if owner.isdigit() and not _alive(int(owner)):
+                    with contextlib.suppress(OSError):  # not empty, or gone already
+                        directory.rmdir()
+
+
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
