@@ -30,6 +30,8 @@ class Cgroup:
         self.directories = directories
         self.version = version
         self._oom_kills_before = 0
+        # The count while the cgroup is idle, where known (read at the end of its last run).
+        self._idle_oom_kills: int | None = 0
         # (memory bytes, max pids) last written; runs cannot change them (no run sees a cgroup file).
         self._limits: tuple[int, int] | None = None
 
@@ -109,13 +111,15 @@ class Cgroup:
         return fds
 
     def out_of_memory(self) -> bool:
-        """True if the kernel killed a process of the run for exceeding the memory limit."""
-        return self._oom_kills() > self._oom_kills_before
+        """True if the kernel killed a process of the run for exceeding the memory limit (asked
+        once the run is over)."""
+        kills = self._idle_oom_kills = self._oom_kills()
+        return kills > self._oom_kills_before
 
     def _oom_kills(self) -> int:
         events = self.directories[0] / ("memory.events" if self.version == 2 else "memory.oom_control")
         with contextlib.suppress(OSError):
-            for line in events.read_text().splitlines():
+            for line in _read(events).splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)
@@ -135,13 +139,21 @@ class Cgroup:
                         (memory / name).write_text(str(memory_bytes))
             (pids / "pids.max").write_text(str(max_pids))
             self._limits = (memory_bytes, max_pids)
-        self._oom_kills_before = self._oom_kills()
+        known, self._idle_oom_kills = self._idle_oom_kills, None
+        self._oom_kills_before = self._oom_kills() if known is None else known
+
+    def empty(self) -> bool:
+        """No process left in the cgroup (every process of a run is in each of its directories)."""
+        try:
+            return not _read(self.directories[-1] / "cgroup.procs").strip()
+        except OSError:
+            return False
 
     def pids(self) -> set[int]:
         found: set[int] = set()
         for directory in self.directories:
             with contextlib.suppress(OSError):
-                found.update(int(pid) for pid in (directory / "cgroup.procs").read_text().split())
+                found.update(int(pid) for pid in _read(directory / "cgroup.procs").split())
         return found
 
     def kill_all(self, wait: float = 2.0) -> None:
@@ -195,3 +207,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _read(path: Path) -> str:
+    """A cgroup file's text (as Path.read_text, without its Python layers: read several times a run)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)

@@ -225,7 +225,7 @@ class ForkServer:
         # A returned cgroup can still hold the init of its last run for a moment (it exits
         # right after reporting): take an empty one, else make a new one.
         with self._cgroups_lock:
-            empty = next((cgroup for cgroup in self._cgroups if not cgroup.pids()), None)
+            empty = next((cgroup for cgroup in self._cgroups if cgroup.empty()), None)
             if empty is not None:
                 self._cgroups.remove(empty)
         cgroup = empty or Cgroup.create(limits.memory_mb << 20, limits.max_processes + 2)

@@ -242,7 +242,7 @@ class Sandbox:
         """One program to run on many inputs (``session.run(stdin)``), compiled once here if its
         language is compiled; each run is still a fresh process in fresh isolation. ``limits``
         override the sandbox's defaults for the session (``compile_timeout=``, ...)."""
-        return Session(self, code, files, language, dataclasses.replace(self.limits, **limits))
+        return Session(self, code, files, language, _with(self.limits, limits))
 
     def _run_limited(self, argv: list[str], files: dict[str, bytes], stdin: bytes, run_limits: Limits) -> ExecResult:
         started = time.monotonic()
@@ -418,9 +418,18 @@ class Session:
             return self.compile_result
         overrides = {key: value for key, value in {"timeout": timeout, "memory_mb": memory_mb, **limits}.items()
                      if value is not None}
-        run_limits = dataclasses.replace(self.limits, **overrides)
+        run_limits = _with(self.limits, overrides)
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
         return self.sandbox._run_limited(list(self.language.argv), self.files, stdin_bytes, run_limits)
+
+
+def _with(limits: Limits, overrides: Mapping[str, Any]) -> Limits:
+    """``limits`` with ``overrides``, checked; the same object when they change nothing (the common
+    case, per run)."""
+    unset = object()  # (an unknown name is never "unchanged": replace() reports it)
+    if all(getattr(limits, name, unset) == value for name, value in overrides.items()):
+        return limits
+    return dataclasses.replace(limits, **overrides)
 
 
 def stream_process(
