@@ -14,7 +14,8 @@ generator, one product of 2-digit numbers by default). The stages (the same mark
 2. SFT on transcripts of two kinds (``DIR/base``): in ``sft.tool_fraction`` of them the model writes
    ``<code>print(a * b)</code>``, reads the output and boxes it; in the rest it boxes a guess with the
    right leading digits (a wrong answer, as mental arithmetic at this size gives). The warm-started model
-   knows the tool's format and calls it on some problems only (see :func:`sft_rows`);
+   knows the tool's format and calls it on some problems only; answers that copy a rarer length of output
+   are repeated (see :func:`sft_rows`);
 3. ``rlvr eval --tools python`` of the base model on held-out problems (``DIR/eval-base``);
 4. GRPO with the tool (``rollout.tools.name=python``): samples that call it get the reward, guesses do not
    (``DIR/rl``, final weights in ``DIR/final``);
@@ -119,7 +120,8 @@ def guess(example: Any, rng: random.Random) -> str:
 def sft_rows(examples: list, tool_fraction: float, rng: random.Random) -> list[dict[str, str]]:
     """SFT rows: for a tool transcript two, the call (prompt -> ``<code>print(a * b)</code>``) and the answer
     (prompt, call and output -> ``\\boxed{output}``), so the output is context, never a target (SFT has no
-    per-token mask; predicting the output would be mental arithmetic); for the others one boxed guess."""
+    per-token mask; predicting the output would be mental arithmetic); for the others one boxed guess. Then
+    copies of the answer rows of rarer output lengths (:func:`balance_output_lengths`)."""
     rows = []
     for example in examples:
         base = {"problem": example.problem, "answer": example.reference}
@@ -129,7 +131,20 @@ def sft_rows(examples: list, tool_fraction: float, rng: random.Random) -> list[d
                          "transcript": call_text(example) + observation(example)})
         else:
             rows.append({**base, "solution": guess(example, rng)})
-    return rows
+    return rows + balance_output_lengths(rows)
+
+
+def balance_output_lengths(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Copies of the answer rows (those with a transcript) of each output length, enough that every length has
+    about as many rows as the commonest. A product of two 2-digit numbers has 4 digits in 82% of cases: trained
+    on that mix, the model copied 4-digit outputs and miscopied nearly every 3-digit one (it had learned where a
+    4-digit number's digits sit, not where the output starts), and RL could not fix that: all wrong, no signal."""
+    by_length: dict[int, list[dict[str, str]]] = {}
+    for row in rows:
+        if "transcript" in row:
+            by_length.setdefault(len(row["answer"]), []).append(row)
+    most = max((len(group) for group in by_length.values()), default=0)
+    return [row for group in by_length.values() for row in group * (round(most / len(group)) - 1)]
 
 
 def build_model(cfg: ToolDemoConfig, model_dir: Path) -> None:

@@ -405,7 +405,6 @@ def tool_model_dir(tmp_path_factory):
     cfg = ToolDemoConfig()
     cfg.problems.options = {"steps": 1, "digits": 2, "ops": "*"}
     cfg.problems.sft_examples = 600
-    cfg.model.num_layers, cfg.model.intermediate_size = 2, 256
     cfg.sft.steps, cfg.sft.batch_size, cfg.sft.tool_fraction = 120, 16, 0.7
     build_model(cfg, root / "init")
     warm_start(cfg, root / "init", root / "base")
@@ -500,7 +499,8 @@ def test_the_tool_demo_tokenizer_gives_sft_the_ids_a_rollout_builds(tmp_path):
     for marker in ("<code>", "</code>", "<output>", "</output>"):
         assert len(encode(marker)) == 1 and tokenizer.decode(encode(marker), skip_special_tokens=True) == marker
     examples = tasks.load("arithmetic", split="test", limit=20, seed=1, **cfg.problems.options)
-    for example, row in zip(examples, sft_rows(examples, 1.0, random.Random(0))[1::2], strict=True):
+    rows = sft_rows(examples, 1.0, random.Random(0))[: 2 * len(examples)]  # a call and an answer row each
+    for example, row in zip(examples, rows[1::2], strict=True):
         sft_context = tasks.encode_prompt(tasks.Example("x", row["problem"], row["answer"], "math",
                                                         {"transcript": row["transcript"]}), tokenizer, TEMPLATE)
         first, second = map(int, example.metadata["expression"].split(" * "))
@@ -508,3 +508,22 @@ def test_the_tool_demo_tokenizer_gives_sft_the_ids_a_rollout_builds(tmp_path):
         rollout_context = (tasks.encode_prompt(example, tokenizer, TEMPLATE) + encode(call_text(example))
                            + rollout.observation_ids(printed, room=64))
         assert sft_context == rollout_context
+
+
+def test_the_tool_demo_repeats_answers_of_rarer_output_lengths():
+    import random
+
+    import tasks
+    from rlvr.tool_demo import sft_rows
+
+    examples = tasks.load("arithmetic", limit=400, seed=0, digits=2, steps=1, ops="*")
+    short = sum(len(example.reference) == 3 for example in examples)
+    assert 0 < short < len(examples) / 3  # 18% of products of two 2-digit numbers have 3 digits
+    rows = sft_rows(examples, 1.0, random.Random(0))
+    answers = [row for row in rows if "transcript" in row]
+    calls = [row for row in rows if "transcript" not in row]
+    assert len(calls) == len(examples)  # calls and guesses are not repeated
+    counts = {length: sum(len(row["answer"]) == length for row in answers) for length in (3, 4)}
+    assert counts[4] == len(examples) - short
+    assert counts[3] == short * round((len(examples) - short) / short)
+    assert 0.8 < counts[3] / counts[4] < 1.25
