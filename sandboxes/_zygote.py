@@ -40,6 +40,7 @@ import builtins
 import contextlib
 import ctypes
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -345,7 +346,8 @@ def run_as_init(request, code, control, stdio, deadline):
             os._exit(0)
 
     handle(stop_if_due)
-    os.register_at_fork(after_in_child=lambda: handle(_signal.SIG_DFL))
+    for number in (signal.SIGALRM, signal.SIGIO):  # (C calls: no Python code runs in each child for them)
+        os.register_at_fork(after_in_child=functools.partial(set_handler, number, _signal.SIG_DFL))
     fcntl.fcntl(control.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(control.fileno(), fcntl.F_SETFL, fcntl.fcntl(control.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
     signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
