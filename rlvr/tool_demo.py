@@ -43,7 +43,7 @@ TEMPLATE = "tool-short"
 
 @dataclass
 class ToolSFTConfig:
-    steps: int = option(800, "SFT optimizer steps (copying numbers out of the context sets in after ~300 of 32).")
+    steps: int = option(1200, "SFT optimizer steps (copying sets in after ~300 of 32; at 800 a call is right 78% of the time, at 1200 97%).")
     batch_size: int = option(32, "Examples per SFT step.")
     lr: float = option(3e-3, "Peak SFT learning rate.")
     tool_fraction: float = option(0.5, "Share of transcripts that call the tool; the others box a guess.")
