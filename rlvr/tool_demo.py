@@ -1,8 +1,8 @@
 """``rlvr demo --tools``: GRPO with the Python tool on a tiny model warm-started to call it, on the CPU.
 
 Shows RL raising the rate of correct answers reached through tool calls (README, "The tool-use demo"): the
-warm-started model calls the tool on about half of the problems and boxes a guess on the rest; GRPO, rewarded
-by the math verifier, makes it call the tool and copy its output.
+warm-started model calls the tool on about half of the samples, copying the numbers right, and boxes a guess
+on the rest; GRPO, rewarded by the math verifier, makes it call the tool on nearly all of them.
 
 The problems multiply numbers too long for a tiny model to multiply in its head (the ``arithmetic``
 generator, one product of 2-digit numbers by default). The stages (the same markers and resumption as
