@@ -198,7 +198,8 @@ class ToolRollout(RolloutEngine):
     """``engine`` with tool calls: same ``generate``, multi-turn responses (see the module docstring).
 
     ``tokenizer`` encodes the observations and decodes the model's turns (read only). ``workers``: tool calls
-    run at once (each in its own interpreter process; the threads only wait on pipes)."""
+    run at once (each in its own interpreter process; the threads only wait on pipes). ``tool_format``: how
+    calls are written (default: the registered format ``config.format`` names)."""
 
     name = "tools"
 
