@@ -39,7 +39,8 @@ def machine_cpu_seconds() -> float:
 
 def kernel_threads_cpu_seconds() -> float:
     """CPU time of the kernel's own threads (children of kthreadd, pid 2): work such as freeing a
-    network namespace, done on a process's behalf but not counted in it."""
+    network namespace, done on a process's behalf but not counted in it. A worker thread that exits
+    takes its time out of the sum (a row can then show less than nothing: run it again)."""
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
