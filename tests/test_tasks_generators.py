@@ -170,7 +170,7 @@ def test_real_tasks_render_with_both_tokenizers(shared_data, base_tokenizer, cha
 
 
 def test_unknown_template_is_named():
-    assert tasks.available_templates() == ["auto", "base", "base-short", "chat", "code", "tool", "tool-short"]
+    assert tasks.available_templates() == ["auto", "base", "base-short", "chat", "code", "tool", "tool-fence", "tool-short"]
     with pytest.raises(RegistryError, match=r"unknown prompt template 'chatml'\. Did you mean 'chat'\?"):
         tasks.render_prompt(MATH_EXAMPLE, None, template="chatml")
 
