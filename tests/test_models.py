@@ -360,3 +360,18 @@ def test_chunked_logprobs_never_build_a_batch_by_tokens_by_vocabulary_tensor(tin
     assert max(math.prod(shape) for shape in seen["rlvr"]) == chunk * vocab
     assert max(math.prod(shape) for shape in seen["naive"]) >= batch * tokens * vocab
     assert (batch, tokens, vocab) in seen["naive"]  # the log-softmax and, in the backward pass, its gradient
+
+
+def test_a_training_runs_directory_or_pointer_file_resolves_to_the_checkpoint_it_names(tmp_path):
+    run = tmp_path / "run"
+    for step in ("step-000001", "step-000002"):
+        (run / step).mkdir(parents=True)
+        (run / step / "config.json").write_text("{}")
+    (run / "latest").write_text("step-000002\n")
+    (run / "final").write_text("step-000001\n")
+    assert resolve_model_path(str(run / "final")) == str(run / "step-000001")
+    assert resolve_model_path(str(run / "latest")) == str(run / "step-000002")
+    assert resolve_model_path(str(run)) == str(run / "step-000001")  # the run: its final checkpoint
+    (run / "final").write_text("\n")  # a run stopped before its first checkpoint
+    assert resolve_model_path(str(run)) == str(run / "step-000002")
+    assert resolve_model_path(str(run / "step-000001")) == str(run / "step-000001")  # a model directory as it is

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import tasks
 from rlvr.cli import CLIError, command
 
 
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.6, help="Sampling temperature (default: 0.6).")
     parser.add_argument("--top-p", type=float, default=0.95, help="Nucleus sampling threshold (default: 0.95).")
     parser.add_argument("--max-tokens", type=int, default=32768, help="Longest response in tokens (default: 32768).")
-    parser.add_argument("--template", default="auto", help="Prompt template: auto, base, chat or code (default: auto).")
+    parser.add_argument("--template", default="auto", help="Prompt template: auto (chat for a tokenizer with a chat template, else "
+                        f"base) or one of {', '.join(t for t in tasks.available_templates() if t != 'auto')} (default: auto).")
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed (default: 0).")
     parser.add_argument("--output", help="Output directory; re-running with the same one skips finished problems.")
     parser.add_argument("--engine", choices=("vllm", "hf"), help="Sampling engine (default: vllm when installed).")

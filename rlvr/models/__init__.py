@@ -64,7 +64,8 @@ register = named_models.register
 
 
 def resolve_model_path(path_or_name: str, cache_dir: str | Path | None = None, progress: Progress | None = None) -> str:
-    """The model path to load for ``path_or_name``: an existing directory as it is; a named model's cached
+    """The model path to load for ``path_or_name``: an existing directory as it is (a training run's directory, or
+    its ``final`` or ``latest`` file: the checkpoint it names, see :func:`run_checkpoint`); a named model's cached
     directory (fetched and converted on first use); a hub id (``org/name``) unchanged. Anything else raises
     :class:`ModelNotFoundError` naming the named models. ``cache_dir`` defaults to ``~/.cache/rlvr/models``."""
     if not path_or_name:
@@ -73,7 +74,7 @@ def resolve_model_path(path_or_name: str, cache_dir: str | Path | None = None, p
         )
     local = Path(path_or_name).expanduser()
     if local.exists():
-        return str(local)
+        return str(run_checkpoint(local) or local)
     if path_or_name in named_models:
         return str(fetch_named_model(path_or_name, cache_dir, progress))
     if looks_like_hub_id(path_or_name):
@@ -84,6 +85,23 @@ def resolve_model_path(path_or_name: str, cache_dir: str | Path | None = None, p
         f"model path {path_or_name!r} does not exist and is not a named model.{hint} Give a model directory, a hub "
         f"id like Qwen/Qwen2.5-Math-1.5B, or a named model: {_names()} (`rlvr model list`)"
     )
+
+
+def run_checkpoint(path: Path) -> Path | None:
+    """The checkpoint a training run points to, when ``path`` is one of its pointer files (``RUN/final``,
+    ``RUN/latest``: the name of a step directory) or the run's directory (no ``config.json`` of a model of its own;
+    its final checkpoint, else its latest); None for anything else."""
+    if path.is_file() and path.name in ("final", "latest"):
+        pointers = [path]
+    elif path.is_dir() and not (path / "config.json").exists():
+        pointers = [path / "final", path / "latest"]
+    else:
+        return None
+    for pointer in pointers:
+        name = pointer.read_text().strip() if pointer.is_file() else ""
+        if name and (pointer.parent / name).is_dir():
+            return pointer.parent / name
+    return None
 
 
 def looks_like_hub_id(path: str) -> bool:
