@@ -271,5 +271,13 @@ CASES: list[Hostile] = [
             "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('unshare', libc.unshare(0x10000000))\n",
             _all(_status("ok"), lambda result, host: None if "unshare -1" in result.stdout
                  else "the program could create a user namespace"), needs_isolation=True),
+    Hostile("raise the user-namespace limit, then clone one",
+            "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\ntry:\n"
+            "    with open('/proc/sys/user/max_user_namespaces', 'w') as handle:\n        handle.write('100')\n"
+            "except OSError:\n    pass\n"
+            "pid = libc.syscall(56, 0x10000000 | 17, None, None, None, None)\nif pid == 0:\n    os._exit(0)\n"
+            "print('clone', pid, 'unshare', libc.unshare(0x10000000))\n",
+            _all(_status("ok"), lambda result, host: None if "clone -1 unshare -1" in result.stdout
+                 else "the program could create a user namespace"), needs_isolation=True),
     Hostile("invalid UTF-8 output", "import os\nos.write(1, bytes(range(256)) * 4)\n", _status("ok")),
 ]
