@@ -24,10 +24,9 @@
 #   can signal it (PID 1 gets only the signals it handles, and it handles none) or trace it (not
 #   dumpable, and the program has no capabilities), and when it exits the kernel kills everything
 #   left in the namespace.
-# * the program drops every capability, gets the rlimits, no_new_privs and the fixed environment
-#   (no user namespace can be made in a run: init sets the run's own limit to 0, or where it
-#   cannot, the program gets a seccomp filter against them), then execs argv, or, for Python
-#   (``python3 FILE``), runs the file in this already-warm interpreter exactly as ``python3 FILE`` would.
+# * the program drops every capability, gets the rlimits, a seccomp filter against new user
+#   namespaces and the fixed environment, then execs argv, or, for Python (``python3 FILE``),
+#   runs the file in this already-warm interpreter exactly as ``python3 FILE`` would.
 # A program the host announced as its own (``precompile``: a verifier's harness, never a run's
 # code) runs as init itself, isolated as a program is but left non-dumpable: one forked
 # interpreter per run fewer. Its timeout is then a timer signal and the host's kill a SIGIO from
@@ -135,30 +134,9 @@ def user_namespace_filter():
 NO_USER_NAMESPACES = user_namespace_filter()
 
 
-def forbid_user_namespaces(limited):
-    """No new privileges from exec, and no user namespace made inside the run: ``limited`` where
-    the run's own limit says so (see limit_user_namespaces), else by the seccomp filter."""
+def forbid_user_namespaces():
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    if not limited:
-        check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(NO_USER_NAMESPACES)), "seccomp")
-
-
-def limit_user_namespaces():
-    """Set the run's user namespace's own limit on nested user namespaces to 0 (its root, init, may;
-    a process without capabilities in it may only read the limit), so that nothing in the run can
-    make one, on any syscall path or architecture. True if that worked; where the run's /proc/sys
-    is not writable (a container's), the seccomp filter does the job instead. (Cheaper than the
-    filter, whose BPF program the kernel compiles again for every process that installs it.)"""
-    try:
-        fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return os.write(fd, b"0") == 1
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(NO_USER_NAMESPACES)), "seccomp")
 
 
 def last_capability():
@@ -406,8 +384,7 @@ def fresh_session_keyring():
 
 def prepare_namespaces(request):
     """Map our own uid and gid (the only ones an unprivileged user may map), then make every
-    mount private, mount the run's own writable file systems and its /proc, and limit nested user
-    namespaces."""
+    mount private, mount the run's own writable file systems and its /proc."""
     fresh_session_keyring()
     for name, text in (("setgroups", b"deny"), ("uid_map", ID_MAPS[0]), ("gid_map", ID_MAPS[1])):
         fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
@@ -421,7 +398,6 @@ def prepare_namespaces(request):
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
         mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
-    request["user_namespaces_limited"] = limit_user_namespaces()
 
 
 def private_mount_plan():
@@ -516,7 +492,7 @@ def isolate(request, stdin_fd, stdout_fd, stderr_fd, keep=None):
     for name, value in request["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     drop_capabilities()
-    forbid_user_namespaces(request["user_namespaces_limited"])
+    forbid_user_namespaces()
 
 
 def run_main(filename, code=None):
