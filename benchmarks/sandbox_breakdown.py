@@ -54,6 +54,18 @@ def kernel_threads_cpu_seconds() -> float:
     return total / TICK
 
 
+def process_tree_minor_faults(pids: set[int]) -> int:
+    """Minor page faults of these live processes and of the children each has reaped."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[7]) + int(fields[8])  # minflt, cminflt
+    return total
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -61,6 +73,7 @@ def own_cpu_seconds() -> float:
 
 def measured(work, server_pids=frozenset()) -> dict[str, float]:
     machine, own, server = machine_cpu_seconds(), own_cpu_seconds(), process_tree_cpu_seconds(set(server_pids))
+    faults = process_tree_minor_faults(set(server_pids))
     kernel = kernel_threads_cpu_seconds()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -70,10 +83,12 @@ def measured(work, server_pids=frozenset()) -> dict[str, float]:
     child_cpu = (children_after.ru_utime + children_after.ru_stime) - (children.ru_utime + children.ru_stime)
     host = own_cpu_seconds() - own + child_cpu
     tree = process_tree_cpu_seconds(set(server_pids)) - server
+    faults = process_tree_minor_faults(set(server_pids)) - faults
     kernel = kernel_threads_cpu_seconds() - kernel
     whole = machine_cpu_seconds() - machine
     return {"count": count, "wall": wall, "machine": whole, "host": host, "server": tree, "kernel": kernel,
-            "ours": host + tree + kernel, "rest": whole - host - tree - kernel}
+            "ours": host + tree + kernel, "rest": whole - host - tree - kernel,
+            "server faults": faults}
 
 
 def part_checks(checks: int, rounds: int) -> None:
@@ -104,12 +119,13 @@ def part_checks(checks: int, rounds: int) -> None:
         rows["idle"].append(measured(lambda seconds=idle_seconds: time.sleep(seconds) or checks))
     box.close()
     print(f"CPU per check, ms ({checks} checks x {rounds} rounds, {WORKERS} at a time; load {os.getloadavg()[0]:.1f})")
-    print(f"  {'':24} {'checks/s':>9} {'machine':>8} {'host':>7} {'server':>7} {'kthreads':>8} {'ours':>7} {'rest':>7}")
+    print(f"  {'':24} {'checks/s':>9} {'machine':>8} {'host':>7} {'server':>7} {'kthreads':>8} {'ours':>7} {'rest':>7} {'server faults':>13}")
     for name, samples in rows.items():
         total = {key: sum(sample[key] for sample in samples) for key in samples[0]}
         count = total["count"]
         print(f"  {name:24} {count / total['wall']:9.1f} " + " ".join(
-            f"{total[key] / count * 1000:7.2f}" for key in ("machine", "host", "server", "kernel", "ours", "rest")))
+            f"{total[key] / count * 1000:7.2f}" for key in ("machine", "host", "server", "kernel", "ours", "rest"))
+              + f" {total['server faults'] / count:13.0f}")
 
 
 # Runs inside bubblewrap as the sandbox user: each piece of a run, timed by whole-machine CPU.
