@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.sandbox_humaneval import WORKERS, bench_python_start, process_tree_cpu_seconds
+from benchmarks.sandbox_humaneval import WORKERS, bench_python_start, process_tree_cpu_seconds, process_tree_stat_sum
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -56,14 +56,7 @@ def kernel_threads_cpu_seconds() -> float:
 
 def process_tree_minor_faults(pids: set[int]) -> int:
     """Minor page faults of these live processes and of the children each has reaped."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[7]) + int(fields[8])  # minflt, cminflt
-    return total
+    return process_tree_stat_sum(pids, slice(7, 9))  # minflt, cminflt
 
 
 def own_cpu_seconds() -> float:

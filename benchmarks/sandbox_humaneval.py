@@ -42,16 +42,22 @@ def cpu_seconds(*, children: bool = True) -> float:
     return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def process_tree_cpu_seconds(pids: set[int]) -> float:
-    """CPU time of these live processes and of the children each has reaped (``/proc/PID/stat``)."""
+def process_tree_stat_sum(pids: set[int], columns: slice) -> int:
+    """The sum of these ``/proc/PID/stat`` columns (counted after the command name) over these live
+    processes: columns that count a process and the children it has reaped, summed for both."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
+        total += sum(int(value) for value in fields[columns])
+    return total
+
+
+def process_tree_cpu_seconds(pids: set[int]) -> float:
+    """CPU time of these live processes and of the children each has reaped."""
+    return process_tree_stat_sum(pids, slice(11, 15)) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
 
 
 def bench_verifier(backend: str, problems: list[dict]) -> tuple[float, int, float]:
