@@ -71,6 +71,7 @@ class ToolsConfig:
     max_observation_tokens: int = option(128, "Tokens of one tool output kept in the sample (cut with a note past that).")
     time_limit: float = option(5.0, "Seconds one tool call may run (then: a timeout, told to the model).")
     memory_mb: int = option(512, "Memory of the tool's interpreter, in MiB (address space per process).")
+    total_memory_mb: int = option(0, "Memory of all of a batch's interpreters together, in MiB (one cgroup around them; past it the largest is killed, a memory error); 0: half of this machine's RAM.")
     max_output_bytes: int = option(8192, "Bytes of output one call may print before it is cut (status output_limit).")
 
 

@@ -36,16 +36,17 @@ class Cgroup:
         self._limits: tuple[int, int] | None = None
 
     @classmethod
-    def create(cls, memory_bytes: int, max_pids: int) -> Cgroup | None:
+    def create(cls, memory_bytes: int, max_pids: int, parent: Cgroup | None = None) -> Cgroup | None:
+        """A new cgroup; inside ``parent`` (whose limits then bound it and its siblings together) when given."""
         if os.geteuid() != 0:
             return None
         remove_orphans(os.getpid())
         name = f"run-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # whose it is: see remove_orphans
         try:
             if (CGROUP_ROOT / "cgroup.controllers").is_file():
-                group = cls._create_v2(name, memory_bytes, max_pids)
+                group = cls._create_v2(name, memory_bytes, max_pids, parent)
             elif (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").is_file() and (CGROUP_ROOT / "pids").is_dir():
-                group = cls._create_v1(name, memory_bytes, max_pids)
+                group = cls._create_v1(name, memory_bytes, max_pids, parent)
             else:
                 return None
         except OSError:
@@ -54,9 +55,10 @@ class Cgroup:
         return group
 
     @classmethod
-    def _create_v1(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup:
-        memory = CGROUP_ROOT / "memory" / GROUP_NAME / name
-        pids = CGROUP_ROOT / "pids" / GROUP_NAME / name
+    def _create_v1(cls, name: str, memory_bytes: int, max_pids: int, parent: Cgroup | None) -> Cgroup:
+        memory_parent, pids_parent = (parent.directories if parent is not None else
+                                      (CGROUP_ROOT / "memory" / GROUP_NAME, CGROUP_ROOT / "pids" / GROUP_NAME))
+        memory, pids = memory_parent / name, pids_parent / name
         group = cls([memory, pids], version=1)
         try:
             memory.mkdir(parents=True)
@@ -71,11 +73,11 @@ class Cgroup:
         return group
 
     @classmethod
-    def _create_v2(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup:
-        parent = CGROUP_ROOT / GROUP_NAME
-        parent.mkdir(exist_ok=True)
-        (parent / "cgroup.subtree_control").write_text("+memory +pids")
-        directory = parent / name
+    def _create_v2(cls, name: str, memory_bytes: int, max_pids: int, parent: Cgroup | None) -> Cgroup:
+        above = parent.directories[0] if parent is not None else CGROUP_ROOT / GROUP_NAME
+        above.mkdir(exist_ok=True)
+        (above / "cgroup.subtree_control").write_text("+memory +pids")
+        directory = above / name
         group = cls([directory], version=2)
         try:
             directory.mkdir()
@@ -191,8 +193,16 @@ def remove_orphans(creator: int) -> None:
             for directory in parent.glob(f"run-{namespace}-*-*"):
                 owner = directory.name.split("-")[2]
                 if owner.isdigit() and not _alive(int(owner)):
-                    with contextlib.suppress(OSError):  # not empty, or gone already
-                        directory.rmdir()
+                    _remove_empty_tree(directory)
+
+
+def _remove_empty_tree(directory: Path) -> None:
+    """``directory`` and the cgroups made inside it, where none holds a process."""
+    with contextlib.suppress(OSError):
+        for child in directory.glob("run-*"):
+            _remove_empty_tree(child)
+    with contextlib.suppress(OSError):  # not empty, or gone already
+        directory.rmdir()
 
 
 def _pid_namespace() -> int:

@@ -71,10 +71,11 @@ class ReplResult:
 class PythonRepl:
     """One persistent sandboxed interpreter. ``time_limit``: seconds per call; ``memory_mb``: address space
     of each process; ``max_output_bytes``: output kept per call (more is status ``output_limit``); the other
-    :class:`~sandboxes.base.Limits` as there. Started on the first :meth:`run`."""
+    :class:`~sandboxes.base.Limits` as there; ``cgroup_parent``: a cgroup to make this interpreter's inside (its
+    limits then bound it and its siblings together). Started on the first :meth:`run`."""
 
     def __init__(self, *, time_limit: float = 5.0, memory_mb: int = 512, max_output_bytes: int = 8192,
-                 max_processes: int = 8, bwrap: str = "bwrap", **limits: object):
+                 max_processes: int = 8, bwrap: str = "bwrap", cgroup_parent: Cgroup | None = None, **limits: object):
         # RLIMIT_CPU counts over the interpreter's whole life: room for many calls, each also timed.
         limits.setdefault("cpu_seconds", int(CPU_CALLS * time_limit) + 1)
         self.limits = Limits(timeout=time_limit, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
@@ -85,6 +86,7 @@ class PythonRepl:
         self._replies: int | None = None  # interpreter -> host
         self._log: tempfile._TemporaryFileWrapper | None = None
         self._cgroup: Cgroup | None = None
+        self._cgroup_parent = cgroup_parent  # shared with other interpreters: their memory together is bounded
         self._started_once = False
         self._number = 0
         self.calls = 0
@@ -120,18 +122,26 @@ class PythonRepl:
             return ReplResult("timeout", f"the call ran past its time limit ({self.limits.timeout:g} s) and was "
                               "killed; the interpreter restarts empty", time.monotonic() - started, restarted=restarted)
         except _Died:
-            if self._cgroup is not None and self._cgroup.out_of_memory():
-                self._kill()
-                return ReplResult("memory", f"the call ran out of memory ({self.limits.memory_mb} MiB) and the "
-                                  "interpreter was killed; the next call starts a fresh one", time.monotonic() - started,
-                                  restarted=restarted)
+            if self._out_of_memory():
+                return self._memory_error(started, restarted)
             how = self._kill()
             return ReplResult("error", f"the interpreter died during the call ({how}, e.g. its CPU-time limit); "
                               "the next call starts a fresh one", time.monotonic() - started, restarted=restarted)
         except (SandboxError, OSError) as error:
+            if self._out_of_memory():  # killed between calls: memory its siblings took (a shared cgroup_parent)
+                return self._memory_error(started, restarted)
             self._kill()
             return ReplResult("sandbox_error", str(error), time.monotonic() - started, restarted=restarted)
         return ReplResult(reply["status"], reply["output"], time.monotonic() - started, reply["truncated"], restarted)
+
+    def _out_of_memory(self) -> bool:
+        return self._cgroup is not None and self._cgroup.out_of_memory()
+
+    def _memory_error(self, started: float, restarted: bool) -> ReplResult:
+        self._kill()
+        shared = ", or the memory all interpreters share" if self._cgroup_parent is not None else ""
+        return ReplResult("memory", f"the interpreter ran out of memory ({self.limits.memory_mb} MiB{shared}) and "
+                          "was killed; the next call starts a fresh one", time.monotonic() - started, restarted=restarted)
 
     def close(self) -> None:
         """Stop the interpreter (its state is gone); a later :meth:`run` starts a fresh one."""
@@ -176,7 +186,7 @@ class PythonRepl:
         replies_read, replies_write = os.pipe()
         self._log = tempfile.TemporaryFile()
         # the interpreter's tree: its processes plus bwrap's two and the interpreter itself
-        self._cgroup = Cgroup.create(self.limits.memory_mb << 20, self.limits.max_processes + 3)
+        self._cgroup = Cgroup.create(self.limits.memory_mb << 20, self.limits.max_processes + 3, self._cgroup_parent)
         try:
             os.write(server_fd, SERVER_SOURCE.encode())
             os.lseek(server_fd, 0, os.SEEK_SET)

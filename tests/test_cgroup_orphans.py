@@ -69,3 +69,23 @@ def test_a_cgroup_with_a_process_in_it_is_never_removed():
         sleeper.kill()
         sleeper.wait()
         group.remove()
+
+
+@needs_cgroups
+def test_an_orphaned_cgroup_with_cgroups_inside_is_removed_whole():
+    """A killed trainer leaves the tool's shared cgroup and its interpreters' cgroups inside it."""
+    dead = dead_pid()
+    shared = Cgroup.create(1 << 28, 16)
+    inner = Cgroup.create(1 << 27, 8, parent=shared)
+    assert all(child.parent == above for child, above in zip(inner.directories, shared.directories))
+    orphaned = [directory.rename(directory.with_name(directory.name.replace(f"-{os.getpid()}-", f"-{dead}-")))
+                for directory in shared.directories]
+    try:
+        _cgroup.remove_orphans(-3)
+        assert not any(directory.exists() for directory in orphaned)
+    finally:
+        for directory in orphaned:
+            for child in directory.glob("run-*"):
+                child.rmdir()
+            if directory.exists():
+                directory.rmdir()

@@ -82,6 +82,38 @@ def test_a_memory_bomb_is_a_memory_error(repl):
 
 
 @needs_repl
+def test_the_interpreters_of_a_batch_share_one_memory_bound():
+    """Two interpreters of 200 MiB each inside one cgroup of 120 MiB: holding 70 MiB each does not fit, so the
+    kernel kills one of them (a memory error for its sample), not a process of the host; without the shared
+    cgroup both would hold theirs."""
+    from sandboxes._cgroup import Cgroup
+
+    shared = Cgroup.create(120 << 20, 64)
+    if shared is None:
+        pytest.skip("cgroups are not writable here (needs root and the memory and pids controllers)")
+    try:
+        with PythonRepl(memory_mb=200, cgroup_parent=shared) as first, PythonRepl(memory_mb=200, cgroup_parent=shared) as second:
+            held = first.run("x = b'1' * (70 << 20)\nlen(x)")
+            assert held.status == "ok", held.output
+            over = second.run("y = b'1' * (70 << 20)\nlen(y)")
+            after = first.run("len(x)")
+            assert "memory" in (over.status, after.status), (over, after)
+            assert "all interpreters share" in (over.output + after.output)
+            assert second.run("1 + 1").output == "2\n" and first.run("2 + 2").output == "4\n"  # fresh ones again
+    finally:
+        shared.remove()
+
+
+def test_the_shared_bound_defaults_to_half_of_the_machines_memory():
+    from rlvr.rollout.tools import total_memory_bytes
+
+    with open("/proc/meminfo") as meminfo:  # MemTotal in kB, read independently of os.sysconf
+        total_kib = int(meminfo.readline().split()[1])
+    assert total_memory_bytes(ToolsConfig()) == pytest.approx(total_kib * 1024 / 2, rel=0.01)
+    assert total_memory_bytes(ToolsConfig(total_memory_mb=300)) == 300 << 20
+
+
+@needs_repl
 def test_a_fork_bomb_is_contained_and_leaves_no_process_behind(repl):
     result = repl.run("import os\nwhile True:\n    os.fork()")
     assert result.status in ("error", "timeout")

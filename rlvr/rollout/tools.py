@@ -17,14 +17,18 @@ verifier reads the model's text only (``Completion.text``), so an answer printed
 once the model writes it. Security: the host only slices the decoded text; the code runs in
 :class:`sandboxes.repl.PythonRepl`, and whatever it does there is one more tool error in the observation.
 
-Call formats are plug-ins too (``register_tool_format``). Tools are plug-ins: a class registered with ``@register_tool("name")`` taking a
-:class:`~rlvr.train_config.ToolsConfig`, whose ``open()`` returns a session with ``run(code)`` (returning
-a :class:`~sandboxes.repl.ReplResult`) and ``close()``.
+Call formats are plug-ins too (``register_tool_format``). Tools are plug-ins: a class registered with
+``@register_tool("name")`` taking a :class:`~rlvr.train_config.ToolsConfig`, whose ``sessions()`` is a context
+manager around one ``generate`` that yields a function opening a session (one per sample, with ``run(code)``
+returning a :class:`~sandboxes.repl.ReplResult`, and ``close()``); what the sessions share (the python tool: one
+cgroup bounding the memory of all of a batch's interpreters together) lives as long as the context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,6 +39,7 @@ from rlvr.registry import Registry
 from rlvr.rollout.base import Completion, GroupCallback, RolloutEngine, ToolUse, per_prompt_limits
 from rlvr.train_config import ToolsConfig
 
+MAX_PIDS_UNBOUNDED = 1 << 22  # the kernel's most pids (each interpreter has its own pids limit)
 TURN_SEED_STRIDE = 1_000_003  # turn k of a call seeds its requests from seed + k * stride (distinct from turn 0's)
 
 
@@ -150,12 +155,28 @@ class PythonTool:
         if reason is not None:
             raise SandboxError(f"the python tool cannot run here: {reason}")
 
-    def open(self) -> ToolSession:
+    @contextlib.contextmanager
+    def sessions(self) -> Iterator[Callable[[], ToolSession]]:
+        """Opens interpreters inside one cgroup of ``total_memory_mb`` (where cgroups can be made): past it the
+        kernel kills the largest of them (a ``memory`` error for its sample), never the host's processes."""
+        from sandboxes._cgroup import Cgroup
         from sandboxes.repl import PythonRepl
 
         config = self.config
-        return PythonRepl(time_limit=config.time_limit, memory_mb=config.memory_mb,
-                          max_output_bytes=config.max_output_bytes)
+        shared = Cgroup.create(total_memory_bytes(config), MAX_PIDS_UNBOUNDED)
+        try:
+            yield lambda: PythonRepl(time_limit=config.time_limit, memory_mb=config.memory_mb,
+                                     max_output_bytes=config.max_output_bytes, cgroup_parent=shared)
+        finally:
+            if shared is not None:
+                shared.remove()
+
+
+def total_memory_bytes(config: ToolsConfig) -> int:
+    """``total_memory_mb`` in bytes; its default (0) is half of this machine's memory."""
+    if config.total_memory_mb > 0:
+        return config.total_memory_mb << 20
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def observation_text(status: str, output: str) -> str:
@@ -238,9 +259,10 @@ class ToolRollout(RolloutEngine):
         reported: set[int] = set()
         turn = 0
         try:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rlvr-tool") as pool:
+            with self.tool.sessions() as open_session, \
+                    ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rlvr-tool") as pool:
                 while True:
-                    self._answer_calls([s for s in flat if s.pending_call is not None], pool)
+                    self._answer_calls([s for s in flat if s.pending_call is not None], pool, open_session)
                     self._report_finished(samples, reported, on_group)
                     active = [sample for sample in flat if not sample.done]
                     if not active:
@@ -278,9 +300,9 @@ class ToolRollout(RolloutEngine):
         elif code is not None:
             sample.pending_call = code  # else the next round samples on from here
 
-    def _answer_calls(self, callers: list[_Sample], pool: ThreadPoolExecutor) -> None:
+    def _answer_calls(self, callers: list[_Sample], pool: ThreadPoolExecutor, open_session: Callable[[], ToolSession]) -> None:
         """Run every pending call (in parallel, each in its sample's interpreter) and append the observations."""
-        results = list(pool.map(self._run_call, callers))
+        results = list(pool.map(lambda sample: self._run_call(sample, open_session), callers))
         for sample, (status, output) in zip(callers, results, strict=True):
             use = sample.use
             use.calls += 1
@@ -298,12 +320,13 @@ class ToolRollout(RolloutEngine):
             if sample.remaining <= 0:
                 sample.done, sample.finish_reason = True, "length"
 
-    def _run_call(self, sample: _Sample) -> tuple[str, str]:
+    @staticmethod
+    def _run_call(sample: _Sample, open_session: Callable[[], ToolSession]) -> tuple[str, str]:
         code = sample.pending_call
         if not code:
             return "no_code", ""
         if sample.session is None:
-            sample.session = self.tool.open()
+            sample.session = open_session()
         result = sample.session.run(code)
         return result.status, result.output
 
