@@ -192,7 +192,7 @@ def remove_orphans(creator: int) -> None:
         with contextlib.suppress(OSError):
             for directory in parent.glob(f"run-{namespace}-*-*"):
                 owner = directory.name.split("-")[2]
-                if owner.isdigit() and not _alive(int(owner)):
+                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):  # its creator is gone
                     _remove_empty_tree(directory)
 
 
@@ -207,16 +207,6 @@ def _remove_empty_tree(directory: Path) -> None:
 
 def _pid_namespace() -> int:
     return os.stat("/proc/self/ns/pid").st_ino
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read(path: Path) -> str:

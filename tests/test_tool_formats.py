@@ -124,7 +124,7 @@ class ScriptedModel(RolloutEngine):
 def test_hostile_fence_code_is_a_tool_error_and_never_touches_the_host(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from rlvr.rollout.tools import FENCE, ToolRollout
+    from rlvr.rollout.tools import ToolRollout
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     marker = tmp_path / "escaped"
@@ -142,7 +142,7 @@ def test_hostile_fence_code_is_a_tool_error_and_never_touches_the_host(tiny_mode
     turns.append("done \\boxed{1}<|endoftext|>")
     model = ScriptedModel(tokenizer, turns)
     rollout = ToolRollout(model, tokenizer, ToolsConfig(name="python", format="fence", max_tool_calls=8, time_limit=1.0,
-                                                        memory_mb=256), tool_format=FENCE)
+                                                        memory_mb=256))
     [[completion]] = rollout.generate([[1, 2, 3]], n=1, max_new_tokens=3000)
     use = completion.tool_use
     assert not marker.exists()
