@@ -15,7 +15,6 @@ killed, and without a cgroup the whole server is restarted, so a run can never o
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -119,8 +118,11 @@ class ForkServer:
                     self._channel.send(message)
 
     def resident_pids(self) -> set[int]:
+        """The server's own processes, and its spare inits: cloned ahead of their runs, they hold
+        nothing of a run until one arrives, and then move into its cgroup first thing."""
         process = self._process
-        return process.pids() if process is not None else set()
+        found = process.pids() if process is not None else set()
+        return found.union(*(_spare_inits(pid) for pid in found))
 
     def restart(self) -> None:
         """Kill the server and every run in it (the last resort when a run cannot be killed alone)."""
@@ -152,8 +154,10 @@ class ForkServer:
                 except OSError as error:
                     raise SandboxError(f"cannot put the run into its cgroup: {error}") from None
             request["cgroup_fds"] = len(for_run) - 5
-            payload = {name: [base64.b64encode(content).decode(), name == executable] for name, content in files.items()}
-            os.write(files_fd, json.dumps(payload).encode())
+            # The files' bytes one after another; the request says where each ends.
+            request["files"] = [[name, len(content), name == executable] for name, content in files.items()]
+            with open(files_fd, "wb", closefd=False) as handle:
+                handle.write(b"".join(files.values()))
             os.lseek(files_fd, 0, os.SEEK_SET)
             with self._lock:
                 try:
@@ -239,6 +243,23 @@ class ForkServer:
 
 
 MAX_REPORT = 1 << 16
+
+
+def _spare_inits(server: int) -> set[int]:
+    """Children of ``server`` still in its own cgroup: not moved into a run's (a run's init, too, for the
+    instant between its request and its move, which is its first act; where runs get no
+    cgroup of their own, every child: a run's init too, never the program it starts)."""
+    try:
+        own = Path(f"/proc/{server}/cgroup").read_bytes()
+        children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    except OSError:
+        return set()
+    found = set()
+    for child in children:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cgroup").read_bytes() == own:
+                found.add(int(child))
+    return found
 
 
 def _json(message: bytes) -> dict | None:

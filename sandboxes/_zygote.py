@@ -15,10 +15,13 @@
 # Per run, two processes:
 # * init is cloned from the server straight into a nested user namespace with fresh mount, PID,
 #   IPC and network namespaces (PID 1 of its own PID namespace: one fork of the warm interpreter
-#   per run fewer than forking a child that unshares). It closes the server's socket, joins the
-#   run's cgroup before anything else happens, mounts private tmpfs on /work, /tmp and /dev/shm
-#   and the namespace's own /proc (where the outer /proc does not allow that, as in containers, an
-#   empty tmpfs hides it), writes the files, and starts the program. It enforces the timeout and
+#   per run fewer than forking a child that unshares), ahead of its request: a spare. It closes
+#   the server's sockets, maps its ids, makes every mount private and mounts the namespace's own
+#   /proc (where the outer /proc does not allow that, as in containers, an empty tmpfs hides it),
+#   then waits; the server keeps SPARES of them and, given a request, hands it to one (the run's
+#   descriptors go to that init alone) and clones the next while the run goes on. Given its
+#   request, init joins the run's cgroup before anything else happens, mounts private tmpfs on
+#   /work, /tmp and /dev/shm, writes the files, and starts the program. It enforces the timeout and
 #   kills the run on the host's word (or when the host hangs up), kills and reaps whatever the
 #   program left, then reports the exit status over the control socket. Nothing in the namespace
 #   can signal it (PID 1 gets only the signals it handles, and it handles none) or trace it (not
@@ -35,7 +38,6 @@
 # Standard library only: it runs on the outer sandbox's python3.
 import _signal
 import atexit
-import binascii
 import builtins
 import contextlib
 import ctypes
@@ -76,12 +78,19 @@ ID_MAPS = (f"{SERVER_UID} {SERVER_UID} 1".encode(), f"{SERVER_GID} {SERVER_GID} 
 SERVER_ENVIRONMENT = {}
 # private_mount_plan(), made by main() before the first run.
 PRIVATE_MOUNTS = []
+# run_streams(), made by main(): the standard streams of every Python run.
+RUN_STREAMS = []
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     0x1, 0x2, 0x4, 0x8, 0x20, 0x1000, 0x4000, 0x40000)
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 24, 38, 22
 SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING = 250, 1
 MAX_REQUEST = 1 << 16
+# A request's descriptors: control, stdin, stdout, stderr, files, and a cgroup file per hierarchy.
+MAX_FDS = 8
+# Inits cloned ahead of their requests (one per host worker of the default two): a request finds
+# its namespaces made, and the server clones the next init while the run goes on.
+SPARES = 2
 # Modules runs commonly import, imported once by the server before any fork instead of once per
 # run (typing alone costs a fresh interpreter ~9 ms): the code verifier's harness (base64,
 # collections), HumanEval's prompts (typing), LiveCodeBench-style functional programs (the rest).
@@ -169,19 +178,28 @@ def read_all(fd):
 
 
 def serve(channel):
-    """Clone one init per request until the host hangs up."""
+    """Hand each request to an init cloned ahead of it, until the host hangs up."""
     channel.send(b"ready")
+    spares = []  # the server's ends of the handoff sockets of inits waiting for a request
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             pass
+        # (a request waiting comes first: a spare is made only while none is)
+        if len(spares) < SPARES and not select.select([channel], [], [], 0)[0]:
+            spare = clone_spare(channel, spares)
+            if spare is not None:
+                spares.append(spare)
+                continue
         ready = select.select([channel], [], [], 1.0)[0]
         if not ready:
             continue
-        message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 8)
+        message, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, MAX_FDS)
         if not message:  # the host hung up; runs still going end with their control sockets
+            for spare in spares:
+                spare.close()
             try:
                 while True:
                     os.wait()
@@ -189,26 +207,89 @@ def serve(channel):
                 return
         if not fds:
             precompile(message)
+            for spare in spares:  # (cloned before the program was known: replaced by ones that know it)
+                spare.close()
+            spares.clear()
             continue
         if len(fds) < 5:
             for fd in fds:
                 os.close(fd)
             continue
-        try:
-            pid = clone_into_namespaces()
-        except OSError as error:
-            report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
-            pid = None
-        if pid == 0:
-            status = 1
-            try:
-                os.close(channel.fileno())  # (the child never touches the socket object again)
-                init(from_json(message), *fds)
-                status = 0
-            finally:
-                os._exit(status)
+        dispatch(message, fds, spares, channel)
         for fd in fds:
             os.close(fd)
+
+
+def dispatch(message, fds, spares, channel):
+    """Give a request to a spare init; with none left (or none alive), clone an init for it."""
+    while spares:
+        spare = spares.pop(0)
+        try:
+            socket.send_fds(spare, [message], fds)
+            return
+        except OSError:  # a spare that died: the next one
+            pass
+        finally:
+            spare.close()
+    # (a spare is only ever cloned while the server holds no run's descriptors: this init is the
+    # one process that gets copies of these)
+    try:
+        pid = clone_into_namespaces()
+    except OSError as error:
+        report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
+        return
+    if pid == 0:
+        status = 1
+        try:
+            os.close(channel.fileno())  # (the child never touches the socket object again)
+            init(from_json(message), namespaces_entered(), *fds)
+            status = 0
+        finally:
+            os._exit(status)
+
+
+def clone_spare(channel, spares):
+    """Clone an init into new namespaces ahead of its request (see spare_init). Returns the
+    server's end of its handoff socket (None if the kernel refused: the reason is in the log)."""
+    server_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = clone_into_namespaces()
+    except OSError as error:
+        server_end.close()
+        init_end.close()
+        sys.stderr.write(f"sandbox: cannot clone a run's init: {error}\n")
+        return None
+    if pid == 0:
+        status = 1
+        try:
+            # (the child never touches these socket objects again)
+            for server_socket in (channel, server_end, *spares):
+                os.close(server_socket.fileno())
+            spare_init(init_end)
+            status = 0
+        finally:
+            os._exit(status)
+    init_end.close()
+    return server_end
+
+
+def spare_init(handoff):
+    """An init cloned ahead of its request: it enters its namespaces (the part of isolation that
+    needs no request), then waits for the request (none if the server discards it)."""
+    failure = namespaces_entered()
+    message, fds, _, _ = socket.recv_fds(handoff, MAX_REQUEST, MAX_FDS)
+    os.close(handoff.fileno())
+    if message and len(fds) >= 5:
+        init(from_json(message), failure, *fds)
+
+
+def namespaces_entered():
+    """enter_namespaces(); returns why it failed, or None."""
+    try:
+        enter_namespaces()
+    except OSError as error:
+        return str(error)
+    return None
 
 
 def from_json(message):
@@ -245,8 +326,9 @@ def report_to(control_fd, report):
         os.write(control_fd, json.dumps(report).encode())
 
 
-def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_fds):
-    """PID 1 of the run's namespaces: isolate, start the program, watch it, report."""
+def init(request, failure, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_fds):
+    """PID 1 of the run's namespaces, given its request: finish isolating, start the program,
+    watch it, report. ``failure``: why the namespaces could not be set up, if they could not."""
     started = time.monotonic()
     control = socket.socket(fileno=control_fd)
     try:
@@ -255,10 +337,10 @@ def init(request, control_fd, stdin_fd, stdout_fd, stderr_fd, files_fd, *cgroup_
         control.send(json.dumps({"error": f"cannot put the run into its cgroup: {error}"}).encode())
         return
     try:
-        prepare_namespaces(request)
-        # (only now: a process that is not dumpable cannot write its own uid_map)
-        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        files = write_files(files_fd)
+        if failure:
+            raise OSError(failure)
+        private_writable_mounts(request["disk_bytes"])
+        files = write_files(files_fd, request["files"])
     except OSError as error:
         control.send(json.dumps({"error": f"cannot isolate the run: {error}"}).encode())
         return
@@ -345,9 +427,7 @@ def run_as_init(request, code, control, stdio, deadline):
             finish(control, None, due)
             os._exit(0)
 
-    handle(stop_if_due)
-    for number in (signal.SIGALRM, signal.SIGIO):  # (C calls: no Python code runs in each child for them)
-        os.register_at_fork(after_in_child=functools.partial(set_handler, number, _signal.SIG_DFL))
+    handle(stop_if_due)  # (what init's children get back: see main())
     fcntl.fcntl(control.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(control.fileno(), fcntl.F_SETFL, fcntl.fcntl(control.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
     signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
@@ -382,9 +462,9 @@ def fresh_session_keyring():
         check(-1, "new session keyring")
 
 
-def prepare_namespaces(request):
-    """Map our own uid and gid (the only ones an unprivileged user may map), then make every
-    mount private, mount the run's own writable file systems and its /proc."""
+def enter_namespaces():
+    """Map our own uid and gid (the only ones an unprivileged user may map), make every mount
+    private and mount the namespace's own /proc; then become non-dumpable."""
     fresh_session_keyring()
     for name, text in (("setgroups", b"deny"), ("uid_map", ID_MAPS[0]), ("gid_map", ID_MAPS[1])):
         fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
@@ -393,11 +473,12 @@ def prepare_namespaces(request):
         finally:
             os.close(fd)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    private_writable_mounts(request["disk_bytes"])
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
         mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+    # (only now: a process that is not dumpable cannot write its own uid_map)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def private_mount_plan():
@@ -439,19 +520,22 @@ def private_writable_mounts(size):
         mount(source, target, fstype, flags, data and data.format(size=size))
 
 
-def write_files(files_fd):
-    """Write the run's files into /work; returns their contents by path."""
-    files = from_json(read_all(files_fd))
+def write_files(files_fd, listing):
+    """Write the run's files into /work (``listing``: name, size and whether it is executable, in
+    the order of their bytes in ``files_fd``); returns their contents by path."""
+    data = read_all(files_fd)
     os.close(files_fd)
     written = {}
-    for name, (content, executable) in files.items():
+    end = 0
+    for name, size, executable in listing:
         path = "/work/" + name
         if "/" in name:
             os.makedirs(path.rpartition("/")[0], exist_ok=True)
-        data = written[path] = binascii.a2b_base64(content)
+        start, end = end, end + size
+        content = written[path] = data[start:end]
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
+            view = memoryview(content)
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, 0o755 if executable else 0o644)
@@ -498,9 +582,7 @@ def isolate(request, stdin_fd, stdout_fd, stderr_fd, keep=None):
 def run_main(filename, code=None):
     """``python3 FILE`` in this interpreter (``code``: FILE already compiled): a fresh __main__;
     returns the exit status python3 would have."""
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = RUN_STREAMS
     path = "/work/" + filename
     main = types.ModuleType("__main__")
     main.__file__ = path
@@ -535,6 +617,32 @@ def run_main(filename, code=None):
     return status
 
 
+def run_streams():
+    """sys.stdin, sys.stdout and sys.stderr as python3 makes them on pipes at fds 0, 1 and 2, made
+    while pipes are there: a stream keeps what it learned of its file when it was made (whether it
+    can seek), and a run's standard streams are always pipes. Made once by the server (per run they
+    cost a forked interpreter ~80 page copies); each run gets its own copy, never used before."""
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    read_end, write_end = os.pipe()
+    try:
+        for fd, end in ((0, read_end), (1, write_end), (2, write_end)):
+            os.dup2(end, fd)
+        streams = []
+        for fd, mode, model, buffering in ((0, "r", sys.__stdin__, -1), (1, "w", sys.__stdout__, -1),
+                                           (2, "w", sys.__stderr__, 1)):
+            # (the encoding and error handler python3 chose for the server's own, in the same locale)
+            stream = open(fd, mode, encoding=model.encoding, errors=model.errors, closefd=False, buffering=buffering)
+            stream.buffer.raw.name = model.name
+            streams.append(stream)
+    finally:
+        for fd in (0, 1, 2):
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+        os.close(read_end)
+        os.close(write_end)
+    return streams
+
+
 def exit_status(code):
     if code is None:
         return 0
@@ -554,9 +662,19 @@ def main():
     os.environ["PWD"] = "/work"  # (bwrap and docker start the server there)
     SERVER_ENVIRONMENT.update(os.environ)
     fresh_session_keyring()
+    # A harness running as init (run_as_init) handles these two signals; what it forks gets the
+    # defaults back. Registered here, once: the server's own clones are raw system calls, which
+    # run no fork hooks, while init's os.fork() runs them (C calls: no Python code in each child).
+    for number in (signal.SIGALRM, signal.SIGIO):
+        os.register_at_fork(after_in_child=functools.partial(set_handler, number, _signal.SIG_DFL))
     for name in PRELOADED:
         __import__(name)
     PRIVATE_MOUNTS.extend(private_mount_plan())
+    RUN_STREAMS.extend(run_streams())
+    # Every forked run copies the page tables of the server's memory and tears them down at its
+    # exit: the heap's free pages go back to the kernel first (where the C library can).
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
     gc.freeze()
     where = sys.argv[1]
     if where.isdigit():

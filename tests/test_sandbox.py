@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -93,6 +95,28 @@ def test_precompiling_a_program_is_only_a_hint(sandbox):
     assert broken.status == "error" and "SyntaxError" in broken.stderr
 
 
+
+STREAMS = """
+import sys
+for stream in (sys.stdin, sys.stdout, sys.stderr):
+    print(stream.name, stream.mode, stream.encoding, stream.errors, stream.line_buffering, stream.write_through,
+          stream.seekable(), stream.buffer.raw.closefd, type(stream.buffer).__name__, stream.fileno())
+print(sys.stdin.read().split(), sys.stdin is sys.__stdin__, sys.stdout is sys.__stdout__)
+sys.stdout.write("caf\\u00e9\\n")
+"""
+
+
+def test_python_programs_get_the_standard_streams_python3_gives_them(sandbox):
+    # The warm back-ends run Python programs in their server's interpreter: what a program sees of
+    # its standard streams must be what a fresh python3 (the subprocess back-end) shows it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = sandboxes.get("subprocess").run(STREAMS, stdin="one two\n")
+    result = sandbox.run(STREAMS, stdin="one two\n")
+    assert fresh.status == "ok" and "<stdin> r" in fresh.stdout, fresh
+    assert (result.status, result.stdout) == ("ok", fresh.stdout), result
+
+
 def test_registry_and_errors():
     assert {"bwrap", "docker", "subprocess"} <= set(sandboxes.available())
     with pytest.raises(TypeError, match="unknown sandbox option"):
@@ -108,6 +132,17 @@ def test_subprocess_says_it_does_not_isolate():
         box = sandboxes.get("subprocess")
     assert box.isolated is False
     assert "trusted code" in type(box).__doc__
+
+
+
+def test_bwrap_is_available_wherever_bubblewrap_can_make_namespaces():
+    # Every bwrap test skips where the back-end is unavailable: a broken warm server must fail here,
+    # not turn the bwrap tests into skips.
+    bare = shutil.which("bwrap") and subprocess.run(
+        ["bwrap", "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "true"], capture_output=True)
+    if not bare or bare.returncode != 0:
+        pytest.skip("bubblewrap cannot make namespaces on this machine")
+    assert sandboxes.unavailable_reason("bwrap") is None
 
 
 def test_auto_picks_an_isolating_backend():

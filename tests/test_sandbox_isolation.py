@@ -4,7 +4,9 @@ run going on at the same time. C++ programs on every back-end."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import secrets
 import signal
 import threading
@@ -317,6 +319,44 @@ def test_cpp_compile_errors_and_limits(any_sandbox):
     # SUM compiles under the default limits (test above), not in 24 MiB.
     starved = any_sandbox.session(SUM, language="cpp", compile_memory_mb=24).compile_result
     assert starved.status == "compile_error", starved
+
+
+
+# A run that reports the pipes it was given, then stays alive while the test looks around.
+OWN_PIPES = """
+import os, time
+print(*(f"pipe:[{os.fstat(fd).st_ino}]" for fd in (0, 1, 2)), flush=True)
+time.sleep(2)
+"""
+
+
+def _namespace_pids(pid: int) -> list[str]:
+    status = open(f"/proc/{pid}/status").read()
+    return next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+
+
+def test_spare_inits_hold_nothing_of_a_run(sandbox):
+    # The server clones inits ahead of their requests; while a run goes on, none of the processes
+    # it keeps (its own and the spares) holds a descriptor of that run: its pipes end when it ends.
+    assert sandbox.run("pass").status == "ok"
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=sandbox.run(OWN_PIPES, timeout=10)))
+    worker.start()
+    held, spares = set(), set()
+    time.sleep(0.5)  # (by then the run's init has long moved into the run's cgroup: it is no spare)
+    while worker.is_alive():  # (looked at every 0.1 s while the program sleeps)
+        for pid in sandbox.resident_pids():
+            with contextlib.suppress(OSError):
+                held |= {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+                if len(_namespace_pids(pid)) >= 3:
+                    spares.add(pid)
+        time.sleep(0.1)
+    result = outcome["result"]
+    assert result.status == "ok", result
+    pipes = set(result.stdout.split())
+    assert len(pipes) == 3, result.stdout
+    assert spares, "no spare init (PID 1 of a namespace of its own) among the server's processes"
+    assert not pipes & held, f"the server or a spare holds the run's pipes: {pipes & held}"
 
 
 # A program the host announces with precompile() runs as the run's init (PID 1): it must still be
