@@ -22,7 +22,8 @@ def _sandbox_or_skip(name: str) -> sandboxes.Sandbox:
 @pytest.fixture(scope="module")
 def bwrap_checker():
     box = _sandbox_or_skip("bwrap")
-    return verifiers.get("code", sandbox=box, timeout=10)
+    yield verifiers.get("code", sandbox=box, timeout=10)
+    box.close()  # (its warm server's processes would count as leftovers in a later module's checks)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,18 @@ def test_mbpp_partial_credit_is_recorded(bwrap_checker):
     assert not verdict.correct
     assert verdict.details["passed"] == 1 and verdict.details["total"] == 3
     assert verdict.details["first_failure"]["test"] == 1
+
+
+
+def test_a_humaneval_test_that_does_not_compile_is_a_failed_test(bwrap_checker):
+    # The checker compiles the tests while the candidate loads; a broken test still fails as a test.
+    reference = {"prompt": "def add(a, b):\n    \"\"\"The sum.\"\"\"\n", "entry_point": "add",
+                 "test": "def check(candidate):\n    assert candidate(1, 2) == (\n"}
+    verdict = bwrap_checker.verify("    return a + b\n", reference)
+    assert (verdict.correct, verdict.reason) == (False, "wrong"), verdict
+    assert "SyntaxError" in verdict.details["first_failure"]["error"]
+    fixed = {**reference, "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+    assert bwrap_checker.verify("    return a + b\n", fixed).correct
 
 
 # --- stdin/stdout (CodeContests) and functional (LiveCodeBench)

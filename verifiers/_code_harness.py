@@ -118,8 +118,8 @@ class Server:
     """The checker's side of the pipes to the candidate server."""
 
     def __init__(self, requests, responses):
-        self.requests = os.fdopen(requests, "w")
-        self.responses = os.fdopen(responses, "r")
+        self.requests = requests
+        self.responses = os.fdopen(responses, "rb")
 
     def receive(self):
         line = self.responses.readline()
@@ -136,8 +136,7 @@ class Server:
     def call(self, target, args, kwargs):
         try:
             request = {"target": target, "args": encode(list(args)), "kwargs": encode(dict(kwargs))}
-            self.requests.write(json.dumps(request) + "\n")
-            self.requests.flush()
+            write_line(self.requests, json.dumps(request))
         except (TypeError, ValueError, OSError) as error:
             raise CandidateError(f"cannot call the candidate: {error}") from None
         message = self.receive()
@@ -149,19 +148,24 @@ class Server:
             raise CandidateError(f"malformed answer from the candidate: {error}") from None
 
 
+def write_line(fd, text):
+    """One protocol line, written whole (pipes carry bytes: no text layer on either end)."""
+    data = memoryview((text + "\n").encode())
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def serve(requests, responses):
     """The candidate server: load solution.py, then answer calls until the checker hangs up."""
-    out = os.fdopen(responses, "w")
-    incoming = os.fdopen(requests, "r")
+    incoming = os.fdopen(requests, "rb")
     refs = []
 
     def send(message):
-        out.write(json.dumps(message) + "\n")
-        out.flush()
+        write_line(responses, json.dumps(message))
 
     namespace = {"__name__": "solution", "__builtins__": builtins}
     try:
-        with open("solution.py") as handle:
+        with open("solution.py", "rb") as handle:  # (compiled as python3 reads a file: its coding line)
             source = handle.read()
         exec(compile(source, "solution.py", "exec"), namespace)
     except BaseException:  # noqa: B036 - a failing candidate is an answer, not a harness crash
@@ -206,8 +210,8 @@ def close_other_descriptors(keep):
 
 
 def main():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 0
+    # (pythonapi: the process's own symbols, libc's among them, loaded once with ctypes)
+    if ctypes.pythonapi.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 0
         sys.stderr.write("harness: cannot make itself non-dumpable\n")
         os._exit(3)
     requests_read, requests_write = os.pipe()
@@ -219,8 +223,7 @@ def main():
             os.dup2(2, 1)
             os.close(null)
             close_other_descriptors((requests_read, responses_write))
-            sys.stdin = open(os.devnull)
-            sys.stdout = sys.stderr
+            sys.stdout = sys.stderr  # (sys.stdin reads descriptor 0: /dev/null now)
             serve(requests_read, responses_write)
         finally:
             os._exit(0)
@@ -234,6 +237,19 @@ def main():
         sys.stdout.write(" ".join([nonce, *fields]) + "\n")
         sys.stdout.flush()
 
+    # The tests are compiled (and a HumanEval prompt run) while the candidate loads its program.
+    kind = spec["kind"]
+    namespace = {"__name__": "__tests__"}
+    if kind == "humaneval":
+        if spec.get("prompt"):
+            exec(compile(spec["prompt"], "prompt.py", "exec"), namespace)
+        try:
+            test_code = compile(spec["test"], "test.py", "exec")
+        except SyntaxError as error:  # the test's failure, reported when it runs
+            test_code = error
+    elif kind != "functional":
+        setup_code = compile(spec.get("setup") or "", "setup.py", "exec")
+        test_codes = [compile(statement, f"test_{index}.py", "exec") for index, statement in enumerate(spec["tests"])]
     try:
         hello = server.receive()
     except CandidateError as error:
@@ -251,7 +267,6 @@ def main():
             return
         report("pass", str(index))
 
-    kind = spec["kind"]
     if kind == "functional":
         def call(arguments):
             function = candidate_function(server, names, spec["fn_name"], "Solution")
@@ -262,27 +277,24 @@ def main():
                 report("result", str(index), json.dumps(encode(call(arguments))))
             except BaseException as error:  # noqa: B036
                 report("fail", str(index), json.dumps(f"{type(error).__name__}: {error}"[:500]))
+    elif kind == "humaneval":
+        entry_point = spec["entry_point"]
+
+        def check():
+            # Tests may also call the function by name (HumanEval/33 compares with it).
+            namespace[entry_point] = candidate_function(server, names, entry_point)
+            if isinstance(test_code, SyntaxError):
+                raise test_code
+            exec(test_code, namespace)
+            namespace["check"](namespace[entry_point])
+
+        run_test(0, check)
     else:
-        namespace = {"__name__": "__tests__"}
-        if spec.get("prompt"):
-            exec(compile(spec["prompt"], "prompt.py", "exec"), namespace)
-        if kind == "humaneval":
-            entry_point = spec["entry_point"]
-
-            def check():
-                # Tests may also call the function by name (HumanEval/33 compares with it).
-                namespace[entry_point] = candidate_function(server, names, entry_point)
-                exec(compile(spec["test"], "test.py", "exec"), namespace)
-                namespace["check"](namespace[entry_point])
-
-            run_test(0, check)
-        else:
-            for name in names:
-                namespace[name] = candidate_function(server, names, name)
-            exec(compile(spec.get("setup") or "", "setup.py", "exec"), namespace)
-            for index, statement in enumerate(spec["tests"]):
-                code = compile(statement, f"test_{index}.py", "exec")
-                run_test(index, lambda code=code: exec(code, namespace))
+        for name in names:
+            namespace[name] = candidate_function(server, names, name)
+        exec(setup_code, namespace)
+        for index, code in enumerate(test_codes):
+            run_test(index, lambda code=code: exec(code, namespace))
     report("done")
 
 
