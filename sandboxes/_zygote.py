@@ -181,6 +181,7 @@ def serve(channel):
     """Hand each request to an init cloned ahead of it, until the host hangs up."""
     channel.send(b"ready")
     spares = []  # the server's ends of the handoff sockets of inits waiting for a request
+    refused = False  # the kernel refused the last spare: none is tried again before a run's init
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
@@ -188,8 +189,9 @@ def serve(channel):
         except ChildProcessError:
             pass
         # (a request waiting comes first: a spare is made only while none is)
-        if len(spares) < SPARES and not select.select([channel], [], [], 0)[0]:
+        if len(spares) < SPARES and not refused and not select.select([channel], [], [], 0)[0]:
             spare = clone_spare(channel, spares)
+            refused = spare is None
             if spare is not None:
                 spares.append(spare)
                 continue
@@ -215,18 +217,19 @@ def serve(channel):
             for fd in fds:
                 os.close(fd)
             continue
-        dispatch(message, fds, spares, channel)
+        refused = not dispatch(message, fds, spares, channel)
         for fd in fds:
             os.close(fd)
 
 
 def dispatch(message, fds, spares, channel):
-    """Give a request to a spare init; with none left (or none alive), clone an init for it."""
+    """Give a request to a spare init; with none left (or none alive), clone an init for it.
+    Returns whether an init got it (else the run was told why not)."""
     while spares:
         spare = spares.pop(0)
         try:
             socket.send_fds(spare, [message], fds)
-            return
+            return True
         except OSError:  # a spare that died: the next one
             pass
         finally:
@@ -237,7 +240,7 @@ def dispatch(message, fds, spares, channel):
         pid = clone_into_namespaces()
     except OSError as error:
         report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
-        return
+        return False
     if pid == 0:
         status = 1
         try:
@@ -246,6 +249,7 @@ def dispatch(message, fds, spares, channel):
             status = 0
         finally:
             os._exit(status)
+    return True
 
 
 def clone_spare(channel, spares):
