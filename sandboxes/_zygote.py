@@ -229,26 +229,18 @@ def dispatch(message, fds, spares, channel):
         spare = spares.pop(0)
         try:
             socket.send_fds(spare, [message], fds)
-            return True
         except OSError:  # a spare that died: the next one
-            pass
+            continue
         finally:
             spare.close()
+        return True
     # (a spare is only ever cloned while the server holds no run's descriptors: this init is the
     # one process that gets copies of these)
     try:
-        pid = clone_into_namespaces()
+        clone_init([channel], lambda: init(from_json(message), namespaces_entered(), *fds))
     except OSError as error:
         report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
         return False
-    if pid == 0:
-        status = 1
-        try:
-            os.close(channel.fileno())  # (the child never touches the socket object again)
-            init(from_json(message), namespaces_entered(), *fds)
-            status = 0
-        finally:
-            os._exit(status)
     return True
 
 
@@ -257,24 +249,28 @@ def clone_spare(channel, spares):
     server's end of its handoff socket (None if the kernel refused: the reason is in the log)."""
     server_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        pid = clone_into_namespaces()
+        clone_init([channel, server_end, *spares], lambda: spare_init(init_end))
     except OSError as error:
         server_end.close()
-        init_end.close()
         sys.stderr.write(f"sandbox: cannot clone a run's init: {error}\n")
         return None
-    if pid == 0:
+    finally:
+        init_end.close()
+    return server_end
+
+
+def clone_init(server_sockets, run):
+    """clone_into_namespaces(); the child closes the server's sockets (it never touches those
+    objects again), calls ``run()`` and exits. Returns in the server only."""
+    if clone_into_namespaces() == 0:
         status = 1
         try:
-            # (the child never touches these socket objects again)
-            for server_socket in (channel, server_end, *spares):
+            for server_socket in server_sockets:
                 os.close(server_socket.fileno())
-            spare_init(init_end)
+            run()
             status = 0
         finally:
             os._exit(status)
-    init_end.close()
-    return server_end
 
 
 def spare_init(handoff):
