@@ -13,9 +13,10 @@
 # run, the cgroup files (opened by the host) through which init moves itself there.
 #
 # Per run, two processes:
-# * init is cloned from the server straight into a nested user namespace with fresh mount, PID,
-#   IPC and network namespaces (PID 1 of its own PID namespace: one fork of the warm interpreter
-#   per run fewer than forking a child that unshares), ahead of its request: a spare. It closes
+# * init is cloned from the server straight into a nested user namespace with fresh mount, PID
+#   and IPC namespaces (PID 1 of its own PID namespace: one fork of the warm interpreter per run
+#   fewer than forking a child that unshares), and into a network namespace that the server made
+#   and lends to this run alone (NetworkNamespaces), ahead of its request: a spare. It closes
 #   the server's sockets, maps its ids, makes every mount private and mounts the namespace's own
 #   /proc (where the outer /proc does not allow that, as in containers, an empty tmpfs hides it),
 #   then waits; the server keeps SPARES of them and, given a request, hands it to one (the run's
@@ -60,7 +61,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 # this Python (3.11) running a function writes to it (its reference count, its code's counters):
 # so what runs do is done with as few Python-level functions as will do. Looked up once here: the
 # first lookup of a C function through a CDLL runs ctypes' Python code.
-for name in ("capset", "mount", "prctl", "syscall"):
+for name in ("capset", "mount", "prctl", "setns", "syscall", "unshare"):
     getattr(libc, name)
 # The C parts of json.loads (its Python layers cost a run more than the parsing).
 SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
@@ -177,20 +178,20 @@ def read_all(fd):
     return b"".join(chunks)
 
 
-def serve(channel):
+def serve(channel, networks):
     """Hand each request to an init cloned ahead of it, until the host hangs up."""
     channel.send(b"ready")
     spares = []  # the server's ends of the handoff sockets of inits waiting for a request
     refused = False  # the kernel refused the last spare: none is tried again before a run's init
     while True:
         try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+            while pid := os.waitpid(-1, os.WNOHANG)[0]:
+                networks.take_back(pid)
         except ChildProcessError:
             pass
         # (a request waiting comes first: a spare is made only while none is)
         if len(spares) < SPARES and not refused and not select.select([channel], [], [], 0)[0]:
-            spare = clone_spare(channel, spares)
+            spare = clone_spare(channel, spares, networks)
             refused = spare is None
             if spare is not None:
                 spares.append(spare)
@@ -217,12 +218,12 @@ def serve(channel):
             for fd in fds:
                 os.close(fd)
             continue
-        refused = not dispatch(message, fds, spares, channel)
+        refused = not dispatch(message, fds, spares, channel, networks)
         for fd in fds:
             os.close(fd)
 
 
-def dispatch(message, fds, spares, channel):
+def dispatch(message, fds, spares, channel, networks):
     """Give a request to a spare init; with none left (or none alive), clone an init for it.
     Returns whether an init got it (else the run was told why not)."""
     while spares:
@@ -237,19 +238,19 @@ def dispatch(message, fds, spares, channel):
     # (a spare is only ever cloned while the server holds no run's descriptors: this init is the
     # one process that gets copies of these)
     try:
-        clone_init([channel], lambda: init(from_json(message), namespaces_entered(), *fds))
+        clone_init([channel], networks, lambda: init(from_json(message), namespaces_entered(), *fds))
     except OSError as error:
         report_to(fds[0], {"error": f"cannot isolate the run: {error}"})
         return False
     return True
 
 
-def clone_spare(channel, spares):
+def clone_spare(channel, spares, networks):
     """Clone an init into new namespaces ahead of its request (see spare_init). Returns the
     server's end of its handoff socket (None if the kernel refused: the reason is in the log)."""
     server_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        clone_init([channel, server_end, *spares], lambda: spare_init(init_end))
+        clone_init([channel, server_end, *spares], networks, lambda: spare_init(init_end))
     except OSError as error:
         server_end.close()
         sys.stderr.write(f"sandbox: cannot clone a run's init: {error}\n")
@@ -259,14 +260,17 @@ def clone_spare(channel, spares):
     return server_end
 
 
-def clone_init(server_sockets, run):
-    """clone_into_namespaces(); the child closes the server's sockets (it never touches those
-    objects again), calls ``run()`` and exits. Returns in the server only."""
-    if clone_into_namespaces() == 0:
+def clone_init(server_sockets, networks, run):
+    """networks.clone_into_namespaces(); the child closes the server's sockets (it never touches
+    those objects again) and its network namespaces, calls ``run()`` and exits. Returns in the
+    server only."""
+    if networks.clone_into_namespaces() == 0:
         status = 1
         try:
             for server_socket in server_sockets:
                 os.close(server_socket.fileno())
+            for fd in networks.descriptors():
+                os.close(fd)
             run()
             status = 0
         finally:
@@ -310,15 +314,80 @@ def precompile(message):
         pass
 
 
-def clone_into_namespaces():
-    """fork(), with the child in a new user, mount, PID, IPC and network namespace. The child's
-    C library still holds the server's thread id (a raw clone does not update it): init never
-    calls what reads it (raise, pthread mutexes checked for their owner), and everything it forks
-    goes through os.fork() again, which sets it right."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET | signal.SIGCHLD
+def clone_into_namespaces(new_network=True):
+    """fork(), with the child in a new user, mount, PID and IPC namespace, and in a new network
+    namespace (or, without ``new_network``, in the server's current one). The child's C library
+    still holds the server's thread id (a raw clone does not update it): init never calls what
+    reads it (raise, pthread mutexes checked for their owner), and everything it forks goes through
+    os.fork() again, which sets it right."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | signal.SIGCHLD
+    if new_network:
+        flags |= CLONE_NEWNET
     pid = libc_holding_gil.syscall(SYS_CLONE, flags, None, None, None, None)
     check(0 if pid >= 0 else -1, "clone")
     return pid
+
+
+class NetworkNamespaces:
+    """Network namespaces the server made, each lent to one run at a time: a run's init is cloned
+    into one, and it is free again when the server reaps that init, which is after every process
+    of the run has exited (PID 1 of a PID namespace exits last), every socket of the run closed.
+    They are the server's own, made in a user namespace of its own one level above each run's, so
+    no run holds a capability in them. A new network namespace has a loopback interface, down, and
+    nothing else, and no run can bring it up or change anything in it: a run's sockets reach no
+    process but its own, and none is left for the next run. (A new network namespace per run
+    instead costs ~0.5 ms to make and ~0.5 ms of a kernel thread to free: the largest single cost
+    of isolating a run, benchmarks/sandbox_breakdown.py.) Where the server cannot have a user
+    namespace of its own, every run gets a new network namespace."""
+
+    # Runs beyond this many at a time (a host with more workers) get a new one each.
+    MOST = 32
+
+    def __init__(self):
+        self.free = []  # descriptors of /proc/self/ns/net
+        self.lent = {}  # init's pid -> the descriptor of its namespace
+        self.home = None  # the server's own, never lent: the sockets it makes are made there
+        try:
+            check(libc.unshare(CLONE_NEWUSER), "a user namespace for the server")
+            write_id_maps()
+            self.home = self.made()
+        except OSError as error:
+            sys.stderr.write(f"sandbox: each run gets a new network namespace ({error})\n")
+
+    @staticmethod
+    def made():
+        """A new network namespace, which the server is in now."""
+        check(libc.unshare(CLONE_NEWNET), "a network namespace")
+        return os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def descriptors(self):
+        return [*self.free, *self.lent.values(), *([] if self.home is None else [self.home])]
+
+    def clone_into_namespaces(self):
+        """clone_into_namespaces() with the child in a free namespace (made now if none is), lent
+        to it until take_back(); or in a new one of its own where none can be lent."""
+        if self.home is None or (not self.free and len(self.lent) >= self.MOST):
+            return clone_into_namespaces()
+        network = self.free.pop() if self.free else self.made()
+        try:
+            check(libc.setns(network, CLONE_NEWNET), "setns")
+            pid = clone_into_namespaces(new_network=False)
+        except OSError:
+            self.free.append(network)
+            check(libc.setns(self.home, CLONE_NEWNET), "setns")
+            raise
+        if pid == 0:  # (the child stays where it was cloned, and needs no descriptor to get there)
+            os.close(network)
+            return 0
+        check(libc.setns(self.home, CLONE_NEWNET), "setns")
+        self.lent[pid] = network
+        return pid
+
+    def take_back(self, pid):
+        """The server reaped ``pid``: the namespace lent to it, if any, is free again."""
+        network = self.lent.pop(pid, None)
+        if network is not None:
+            self.free.append(network)
 
 
 def report_to(control_fd, report):
@@ -466,12 +535,7 @@ def enter_namespaces():
     """Map our own uid and gid (the only ones an unprivileged user may map), make every mount
     private and mount the namespace's own /proc; then become non-dumpable."""
     fresh_session_keyring()
-    for name, text in (("setgroups", b"deny"), ("uid_map", ID_MAPS[0]), ("gid_map", ID_MAPS[1])):
-        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
+    write_id_maps()
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -479,6 +543,16 @@ def enter_namespaces():
         mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
     # (only now: a process that is not dumpable cannot write its own uid_map)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def write_id_maps():
+    """In a user namespace this process has just made: our own uid and gid, as they are outside."""
+    for name, text in (("setgroups", b"deny"), ("uid_map", ID_MAPS[0]), ("gid_map", ID_MAPS[1])):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
 
 
 def private_mount_plan():
@@ -682,7 +756,7 @@ def main():
     else:
         channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel.connect(where)
-    serve(channel)
+    serve(channel, NetworkNamespaces())
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ runtime, with the usual ``/bin``, ``/lib`` links), a minimal ``/dev``, nothing e
 file system, no network, no host IPC, a fixed environment and no capabilities; bwrap itself is
 started as uid 65534 ("nobody") when the host side is root, so the namespace's user is an
 unprivileged host user. Its only process is the fork server (``_zygote.py``, host side in
-``_warm.py``), which gives every run its own nested user namespace with fresh mount, PID, IPC and
-network namespaces, its own ``/proc``, private size-limited tmpfs ``/work`` (the program and
+``_warm.py``), which gives every run its own nested user namespace with fresh mount, PID and IPC
+namespaces, a network namespace of its own while it runs (made by the server, lent to one run at
+a time, its loopback down), its own ``/proc``, private size-limited tmpfs ``/work`` (the program and
 ``files``), ``/tmp`` and ``/dev/shm``, a read-only ``/dev``, the rlimits, a seccomp filter against
 new user namespaces, and, where cgroups are writable, a cgroup bounding the memory and process
 count of its whole tree (out-of-memory kills are reported as ``memory``). Python programs run in

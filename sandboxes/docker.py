@@ -7,8 +7,8 @@ warm fork server (``_zygote.py``, see ``_warm.py``), as an unprivileged uid of i
 network, a read-only root file system, every capability dropped, ``no-new-privileges``, and
 cgroup limits on memory and process count. The server connects to a unix socket the host
 bind-mounts into the container (read-only) and clones one isolated init per run, with the same
-isolation as the bwrap back-end: a nested user namespace with fresh mount, PID, IPC and network
-namespaces, private tmpfs ``/work``, ``/tmp`` and ``/dev/shm``, rlimits, a seccomp filter against
+isolation as the bwrap back-end: a nested user namespace with fresh mount, PID and IPC namespaces,
+a network namespace lent to the run alone, private tmpfs ``/work``, ``/tmp`` and ``/dev/shm``, rlimits, a seccomp filter against
 new user namespaces, a per-run cgroup where the host can make one, and the whole PID namespace
 killed at the end. One difference: container run-times mask parts of ``/proc``, which forbids a
 fresh ``/proc`` in a nested namespace, so a run's ``/proc`` is an empty tmpfs (nothing of other

@@ -66,10 +66,29 @@ def test_the_memory_limit_bounds_the_whole_process_tree(sandbox):
 
 
 # Places a program could leave something for the next one: files in every writable directory, an
-# environment variable, patched modules and builtins, a new module, System V IPC objects, and a
-# daemon that keeps writing.
+# environment variable, patched modules and builtins, a new module, System V IPC objects, a daemon
+# that keeps writing, and in the network namespace (which the server lends to one run after another):
+# a bound abstract socket the daemon holds, one held only by descriptors in flight between closed
+# sockets (freed by the kernel's garbage collector), and the loopback interface brought up.
 LEAVE_TRACES = """
-import builtins, ctypes, json, os, sys, time
+import array, builtins, ctypes, fcntl, json, os, socket, struct, sys, time
+held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+held.bind("\\0trace-TOKEN")
+held.listen(1)
+in_flight = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+in_flight.bind("\\0flight-TOKEN")
+one, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+one.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [one.fileno(), in_flight.fileno()]))])
+other.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [other.fileno()]))])
+for closed in (one, other, in_flight):
+    closed.close()
+try:
+    fcntl.ioctl(socket.socket(), 0x8914, struct.pack("16sH", b"lo", 1))  # SIOCSIFFLAGS: IFF_UP
+    loopback = "up"
+except OSError:
+    loopback = "refused"
+network = os.stat("/proc/self/ns/net").st_ino if os.path.exists("/proc/self/ns/net") else None
+print("network", network, "loopback", loopback, flush=True)
 written = []
 for directory in ["/work", ".", "/tmp", "/dev/shm", "/var/tmp", "/run", "/run/lock", "/dev/mqueue", "/dev", "/", "/sandbox",
                   "/usr", "/etc", "/home", os.path.expanduser("~")]:
@@ -103,8 +122,16 @@ time.sleep(0.2)
 """
 
 LOOK_FOR_TRACES = """
-import builtins, ctypes, json, os, sys
+import builtins, ctypes, fcntl, json, os, socket, struct, sys
 found = []
+for name, kind in (("trace-TOKEN", socket.SOCK_STREAM), ("flight-TOKEN", socket.SOCK_DGRAM)):
+    try:
+        socket.socket(socket.AF_UNIX, kind).bind("\\0" + name)
+    except OSError:
+        found.append("abstract socket " + name)
+flags = struct.unpack("16sH", fcntl.ioctl(socket.socket(), 0x8913, struct.pack("16sH", b"lo", 0)))[1]  # SIOCGIFFLAGS
+if flags & 1:
+    found.append("loopback up")
 for top in ["/work", "/tmp", "/dev/shm", "/var/tmp", "/run", "/dev/mqueue", "/dev", "/", "/sandbox"]:
     try:
         names = os.listdir(top)
@@ -122,6 +149,7 @@ if libc.syscall(250, 10, -3, b"user", b"rlvr-trace", 0) > 0:  # KEYCTL_SEARCH th
     found.append("session key")
 processes = [pid for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid()]
 print("found", found, "processes", processes)
+print("network", os.stat("/proc/self/ns/net").st_ino if os.path.exists("/proc/self/ns/net") else None)
 """
 
 
@@ -131,11 +159,17 @@ def test_nothing_one_run_leaves_reaches_the_next(sandbox):
     assert first.status == "ok", first
     # The traces were really left: the program could write at least its work dir and /tmp.
     assert "'/work'" in first.stdout and "'/tmp'" in first.stdout and "shm -1" not in first.stdout, first.stdout
-    for _ in range(3):  # the next runs, whichever slot of the server they land in
+    assert "loopback refused" in first.stdout, first.stdout
+    network = first.stdout.split("network ")[1].split()[0]
+    networks = []
+    for _ in range(6):  # the next runs, whichever slot of the server and network namespace they land in
         second = sandbox.run(LOOK_FOR_TRACES.replace("TOKEN", token))
         assert second.status == "ok", second
         assert second.stdout.startswith("found [] processes"), second.stdout
         assert token not in second.stdout
+        networks.append(second.stdout.split("network ")[1].split()[0])
+    if network != "None":  # (where /proc shows it: the network namespace was lent again, so this was tested)
+        assert network in networks, (network, networks)
 
 
 def test_the_trace_detector_sees_traces_within_one_run(sandbox):
@@ -144,7 +178,7 @@ def test_the_trace_detector_sees_traces_within_one_run(sandbox):
     code = LEAVE_TRACES.replace("time.sleep(0.2)\n", "") + LOOK_FOR_TRACES
     result = sandbox.run(code.replace("TOKEN", token))
     found = result.stdout.split("found ", 1)[1]
-    traces = ["/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC"]
+    traces = ["/work/trace-", "/tmp/trace-", "environment", "patched modules", "System V IPC", "abstract socket trace-"]
     if "key -1" not in result.stdout:  # keyctl works here (Docker's seccomp profile forbids it)
         traces.append("session key")
     for trace in traces:
