@@ -8,12 +8,13 @@ network, a read-only root file system, every capability dropped, ``no-new-privil
 cgroup limits on memory and process count. The server connects to a unix socket the host
 bind-mounts into the container (read-only) and clones one isolated init per run, with the same
 isolation as the bwrap back-end: a nested user namespace with fresh mount, PID and IPC namespaces,
-a network namespace lent to the run alone, private tmpfs ``/work``, ``/tmp`` and ``/dev/shm``, rlimits, a seccomp filter against
-new user namespaces, a per-run cgroup where the host can make one, and the whole PID namespace
-killed at the end. One difference: container run-times mask parts of ``/proc``, which forbids a
-fresh ``/proc`` in a nested namespace, so a run's ``/proc`` is an empty tmpfs (nothing of other
-runs or of the server is visible). Runs' pipes and files pass as file descriptors, so the engine
-must run on this machine (a ``unix://`` socket); a remote Docker host cannot serve this back-end.
+a network namespace lent to the run alone, private tmpfs ``/work``, ``/tmp`` and ``/dev/shm``,
+rlimits, a seccomp filter against new user namespaces, a per-run cgroup where the host can make
+one, and the whole PID namespace killed at the end. One difference: container run-times mask
+parts of ``/proc``, which forbids a fresh ``/proc`` in a nested namespace, so a run's ``/proc`` is
+an empty tmpfs (nothing of other runs or of the server is visible). Runs' pipes and files pass as
+file descriptors, so the engine must run on this machine (a ``unix://`` socket); a remote Docker
+host cannot serve this back-end.
 
 Where the API is: ``base_url=`` if given, else ``DOCKER_HOST`` (the docker SDK's usual
 environment), else the Podman socket that ``scripts/sandbox_setup.sh`` starts, else Docker's
